@@ -11,9 +11,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file; override keys with --config.section.key=value.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, reports.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'],
-                          'train: train (resuming from workdir) and report; eval: report the '
-                          'latest checkpoint of workdir; sample: continue prompts with it.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'selftrain', 'eval', 'sample'],
+                          'train: train (resuming from workdir) and report; selftrain: round 0 '
+                          'then self-training rounds (resuming), report in workdir/rounds.md; '
+                          'eval: report the latest checkpoint of workdir; sample: continue '
+                          'prompts with it.')
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', os.environ.get('SELFFB_MULTIHOST') == '1',
     'Call jax.distributed.initialize() first (every host runs the same command). Cluster '
@@ -43,10 +45,12 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info('process %d of %d; %d local and %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-  from selffb import modes, train  # After flag parsing, so --help stays fast.
+  from selffb import modes, selftrain, train  # After flag parsing, so --help stays fast.
   logging.info('config:\n%s', _CONFIG.value)
   if _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  elif _MODE.value == 'selftrain':
+    selftrain.run_selftrain(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'eval':
     modes.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   else:

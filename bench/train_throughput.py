@@ -61,7 +61,7 @@ def config_with(loss, overrides):
 def time_selffb(c, steps, warmup, peak):
   b, t, v = c.data.batch_size, c.data.seq_len, c.model.vocab_size
   s = train.Setup(config=c, model_cfg=model_lib.ModelConfig.from_config(c.model),
-                  tokenizer=data.ByteTokenizer(), splits={}, seq_len=t,
+                  tokenizer=data.ByteTokenizer(), layout=data.Layout(), splits={}, seq_len=t,
                   mesh=sharding.make_mesh(c.mesh, jax.devices()[:1]),
                   tx=optim.make_optimizer(c.optim, c.train.num_steps),
                   fb=train.FeedbackSpec.from_config(c.feedback))

@@ -42,6 +42,8 @@ def get_config(arg=None):
   c.data.addition.num_validation = 1_000  # Validation problems (training distribution, disjoint from train).
   c.data.addition.num_test = 500  # Held-out problems per test length (both operands that long).
   c.data.addition.test_digits = (1, 2, 3, 4, 5, 6, 7)  # Test lengths: in distribution and beyond.
+  c.data.addition.format = 'plain'  # 'plain' (answer + eos) or 'aligned' (zero-padded, fixed length).
+  c.data.addition.position_shift = 0  # Training adds a random 0..shift to position ids above 0.
   c.data.text = ml_collections.ConfigDict()
   c.data.text.paths = ''  # Comma-separated file paths or globs of UTF-8 text, for task='text'.
   c.data.text.validation_fraction = 0.05  # Share of the text chunks held out for validation.
@@ -88,6 +90,36 @@ def get_config(arg=None):
   c.sample.top_p = 1.0  # Sample among the fewest tokens holding this much probability; 1 disables.
   c.sample.max_new_tokens = 32  # New tokens per prompt, end token included.
   c.sample.seed = 0  # Sampling seed (token i of a row uses fold_in(seed key, i)).
+
+  c.selftrain = ml_collections.ConfigDict()  # --mode=selftrain: train, sample, score, keep, retrain.
+  c.selftrain.rounds = 3  # Round cap after round 0 (base training on config.data).
+  c.selftrain.init_workdir = ''  # Round 0 takes this train run's best parameters instead of training.
+  c.selftrain.start_digits = 0  # Operand digits prompted in round 1 (0: max_digits + 1); +1 a round.
+  c.selftrain.prompts_per_round = 2_000  # New problems drawn per round (never a test or val one).
+  c.selftrain.samples_per_prompt = 1  # k candidates per prompt (k > 1 needs temperature > 0).
+  c.selftrain.temperature = 0.0  # Candidate sampling temperature (0: greedy).
+  c.selftrain.top_k = 0  # Candidate sampling top-k (0 disables).
+  c.selftrain.weights = ml_collections.ConfigDict()  # Q = sum_i w_i f_i, weights normalised to 1.
+  c.selftrain.weights.confidence_mean = 0.0  # Mean answer-token probability.
+  c.selftrain.weights.confidence_min = 0.0  # Least answer-token probability.
+  c.selftrain.weights.vote = 0.0  # Share of the k candidates with the same answer (majority vote).
+  c.selftrain.weights.format = 0.0  # 1 if the answer has the task's form (digits, right length).
+  c.selftrain.weights.verifier = 1.0  # 1 if selftrain.verifier accepts the answer.
+  c.selftrain.weights.rating = 0.0  # Recorded rating in [0, 1] from selftrain.ratings_file.
+  c.selftrain.verifier = 'addition'  # 'addition' (exact), or 'module:function' (prompt, answer) -> bool.
+  c.selftrain.ratings_file = ''  # JSON lines {"prompt", "answer", "rating"}; unrated candidates get 0.
+  c.selftrain.theta = 1.0  # Keep a prompt's best candidate if Q >= theta.
+  c.selftrain.keep_top_fraction = 1.0  # Then keep only this top share of prompts by Q.
+  c.selftrain.mix = 0.5  # Share of training examples drawn from the kept (self-labelled) samples.
+  c.selftrain.max_self_examples = 0  # Cap on self-labelled examples trained on (newest kept); 0: none.
+  c.selftrain.steps_per_round = 300  # Optimizer steps per round, from the previous round's weights.
+  c.selftrain.lr = 1e-3  # Peak learning rate of a round (warmup, then cosine to 0).
+  c.selftrain.warmup_steps = 20  # Warmup steps of a round.
+  c.selftrain.val_per_length = 200  # Validation problems per test length (picks the stop round).
+  c.selftrain.target_digits = 0  # Stop once validation exact match at this length >= target (0: off).
+  c.selftrain.target_accuracy = 0.99  # The target for target_digits.
+  c.selftrain.patience = 0  # Rounds without a better mean validation exact match before stopping; 0: off.
+  c.selftrain.control = True  # Also train the same rounds without self-labelled data, for the report.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Data-parallel axis size; -1 takes the devices the other axes leave.

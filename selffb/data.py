@@ -43,9 +43,63 @@ class ByteTokenizer:
 
 # ---- The built-in task: reversed addition, rev(a) + rev(b) = rev(a + b). ----
 
-def addition_example(a, b):
-  """Least significant digit first, so each answer digit depends only on what came before."""
-  return {'prompt': f'{str(a)[::-1]}+{str(b)[::-1]}=', 'answer': str(a + b)[::-1]}
+def addition_example(a, b, aligned=False):
+  """Least significant digit first, so each answer digit depends only on what came before.
+
+  `aligned`: both operands and the answer are zero-padded to n + 1 digits, n the longer
+  operand's length, so digit i of a, b and the answer line up and every answer has a known
+  length (the model stops by length, not by an end token).
+  """
+  if not aligned:
+    return {'prompt': f'{str(a)[::-1]}+{str(b)[::-1]}=', 'answer': str(a + b)[::-1]}
+  n = max(len(str(a)), len(str(b))) + 1
+  rev = lambda x: str(x)[::-1].ljust(n, '0')
+  return {'prompt': f'{rev(a)}+{rev(b)}=', 'answer': rev(a + b)}
+
+
+def addition_answer(prompt, aligned=False):
+  """The correct answer to an addition prompt ('<rev a>+<rev b>='), or None if it is not one."""
+  prompt = prompt.decode() if isinstance(prompt, bytes) else prompt
+  parts = prompt[:-1].split('+') if prompt.endswith('=') else []
+  if len(parts) != 2 or not all(p.isdigit() and p.isascii() for p in parts):
+    return None
+  a, b = (int(p[::-1]) for p in parts)
+  answer = str(a + b)[::-1]
+  return answer.ljust(max(map(len, parts)), '0') if aligned else answer
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How a record becomes a token sequence: does the answer end with eos, how do position ids
+  run, and how far may training shift them.
+
+  positions 'sequential': 0, 1, 2, ... 'aligned' (for '<a>+<b>=<answer>'): ids restart at 0 on
+  bos and on '+', and at 1 on '=', so digit i of either operand has id i and the token that
+  predicts answer digit i has id i too: RoPE then sees the digits to add at distance 0.
+  shift: training adds one random s in [0, shift] per sequence to every id above 0, so ids the
+  model has not seen at one length are seen at shorter ones.
+  """
+  eos: bool = True
+  positions: str = 'sequential'
+  shift: int = 0
+
+  def position_ids(self, tokens, tokenizer):
+    """Ids for a token sequence that starts with bos."""
+    if self.positions == 'sequential':
+      return np.arange(len(tokens), dtype=np.int32)
+    plus, equals = (int(tokenizer.encode(ch)[0]) for ch in '+=')
+    ids, k = np.zeros(len(tokens), np.int32), 0
+    for i, t in enumerate(tokens[1:], 1):
+      k = 0 if t == plus else 1 if t == equals else k + 1
+      ids[i] = k
+    return ids
+
+
+def layout_of(c):
+  """`config.data` -> the Layout its records are encoded with."""
+  if c.task == 'addition' and c.addition.format == 'aligned':
+    return Layout(eos=False, positions='aligned', shift=c.addition.position_shift)
+  return Layout()
 
 
 def _draw_operand(rng, digits):
@@ -53,7 +107,7 @@ def _draw_operand(rng, digits):
   return int(rng.integers(low, 10 ** digits))
 
 
-def _distinct_pairs(rng, count, lengths, exclude):
+def distinct_pairs(rng, count, lengths, exclude):
   """`count` distinct (a, b) pairs not in `exclude`; `lengths()` draws the two operand lengths."""
   pairs = set()
   while len(pairs) < count:
@@ -79,7 +133,7 @@ def addition_splits(min_digits, max_digits, num_train, num_validation, num_test,
   for n in test_digits:
     per_operand = 10 if n == 1 else 9 * 10 ** (n - 1)
     count = min(num_test, per_operand ** 2 // 2)
-    splits[f'test_{n}'] = _distinct_pairs(rng, count, lambda n=n: (n, n), held_out)
+    splits[f'test_{n}'] = distinct_pairs(rng, count, lambda n=n: (n, n), held_out)
     held_out.update(splits[f'test_{n}'])
   lengths = lambda: tuple(rng.integers(min_digits, max_digits + 1, size=2))
   capacity = sum(10 if d == 1 else 9 * 10 ** (d - 1) for d in range(min_digits, max_digits + 1))
@@ -88,7 +142,7 @@ def addition_splits(min_digits, max_digits, num_train, num_validation, num_test,
     raise ValueError(f'{num_validation} distinct validation problems requested but operands of '
                      f'{min_digits}..{max_digits} digits leave {free} outside the test sets and '
                      'training needs some too; lower num_validation or num_test.')
-  splits['validation'] = _distinct_pairs(rng, num_validation, lengths, held_out)
+  splits['validation'] = distinct_pairs(rng, num_validation, lengths, held_out)
   held_out.update(splits['validation'])
   # Training problems may repeat (a multiset), as a stream of fresh draws would.
   train = []
@@ -118,12 +172,15 @@ class ReversedAddition(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    splits = addition_splits(**json.loads(self.builder_config.settings))
-    return {name: self._generate_examples(pairs) for name, pairs in splits.items()}
+    settings = json.loads(self.builder_config.settings)
+    settings.pop('aligned', None)
+    splits = addition_splits(**settings)
+    aligned = json.loads(self.builder_config.settings).get('aligned', False)
+    return {name: self._generate_examples(pairs, aligned) for name, pairs in splits.items()}
 
-  def _generate_examples(self, pairs):
+  def _generate_examples(self, pairs, aligned):
     for i, (a, b) in enumerate(pairs):
-      yield i, dict(addition_example(a, b), digits=max(len(str(a)), len(str(b))))
+      yield i, dict(addition_example(a, b, aligned), digits=max(len(str(a)), len(str(b))))
 
 
 # ---- Local text files. ----
@@ -217,6 +274,10 @@ def load_splits(c, seed, workdir):
     settings = dict(min_digits=a.min_digits, max_digits=a.max_digits, num_train=a.num_train,
                     num_validation=a.num_validation, num_test=a.num_test,
                     test_digits=list(a.test_digits), seed=seed)
+    if a.format == 'aligned':  # Plain settings keep the hash (and dataset) they always had.
+      settings['aligned'] = True
+    elif a.format != 'plain':
+      raise ValueError(f"config.data.addition.format={a.format!r}; choose 'plain' or 'aligned'.")
     return _build(ReversedAddition, AdditionConfig, settings, data_dir, '')
   if c.task == 'text':
     files = text_files(c.text.paths)
@@ -233,30 +294,38 @@ def load_splits(c, seed, workdir):
 
 # ---- Batches. ----
 
-def encode_batch(records, tokenizer, seq_len):
-  """Records -> {'inputs', 'targets', 'loss_mask', 'digits'}, right-padded to seq_len.
+def encode_batch(records, tokenizer, seq_len, layout=Layout(), shifts=None):
+  """Records -> {'inputs', 'targets', 'positions', 'loss_mask', 'digits'}, right-padded to seq_len.
 
-  The sequence is bos + prompt + answer + eos; the loss covers the answer and eos only.
+  The sequence is bos + prompt + answer (+ eos if the layout has one); the loss covers the answer
+  (and eos). Padding has position -1. `shifts` (one per record) offset the ids above 0.
   """
   n = len(records)
   inputs = np.full((n, seq_len), tokenizer.pad_id, np.int32)
   targets = np.full((n, seq_len), tokenizer.pad_id, np.int32)
+  positions = np.full((n, seq_len), -1, np.int32)
   mask = np.zeros((n, seq_len), np.float32)
   for i, r in enumerate(records):
     prompt, answer = tokenizer.encode(r['prompt']), tokenizer.encode(r['answer'])
-    tokens = np.concatenate([[tokenizer.bos_id], prompt, answer, [tokenizer.eos_id]])
+    tokens = np.concatenate([[tokenizer.bos_id], prompt, answer] +
+                            ([[tokenizer.eos_id]] if layout.eos else [])).astype(np.int32)
     if len(tokens) - 1 > seq_len:
       raise ValueError(f'an example of {len(tokens) - 1} tokens exceeds seq_len={seq_len}; '
                        'raise config.data.seq_len (0 fits the longest training example).')
+    ids = layout.position_ids(tokens, tokenizer)[:-1]
+    if shifts is not None:
+      ids = np.where(ids > 0, ids + shifts[i], ids)
     inputs[i, :len(tokens) - 1] = tokens[:-1]
     targets[i, :len(tokens) - 1] = tokens[1:]
+    positions[i, :len(tokens) - 1] = ids
     mask[i, len(prompt):len(tokens) - 1] = 1.0
   digits = np.asarray([r['digits'] for r in records], np.int32)
-  return {'inputs': inputs, 'targets': targets, 'loss_mask': mask, 'digits': digits}
+  return {'inputs': inputs, 'targets': targets, 'positions': positions, 'loss_mask': mask,
+          'digits': digits}
 
 
 def example_length(record):
-  """Tokens a record occupies in `inputs` (bos + prompt + answer; eos is only a target)."""
+  """Tokens a record occupies in `inputs` (bos + prompt + answer; an eos is only a target)."""
   return 1 + len(record['prompt']) + len(record['answer'])
 
 
@@ -271,8 +340,12 @@ def read_all(source, chunk=4096):
 
 
 def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
-                  process_count=1):
-  """An endless, per-epoch reshuffled grain dataset of this host's share of each global batch."""
+                  process_count=1, layout=Layout()):
+  """An endless, per-epoch reshuffled grain dataset of this host's share of each global batch.
+
+  Position shifts (if the layout has them) are drawn per global batch from (seed, batch index),
+  so they are reproducible, resume exactly and agree across hosts.
+  """
   if batch_size % process_count:
     raise ValueError(f'config.data.batch_size={batch_size} is not divisible by the '
                      f'{process_count} hosts.')
@@ -281,12 +354,16 @@ def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
   per_host = batch_size // process_count
   lo = process_index * per_host
 
-  def load(indices):
+  def load(index, indices):
+    shifts = None
+    if layout.shift:
+      shifts = np.random.default_rng([seed, index]).integers(0, layout.shift + 1, batch_size)
+      shifts = shifts[lo:lo + per_host]
     return encode_batch(source.__getitems__(indices[lo:lo + per_host].tolist()), tokenizer,
-                        seq_len)
+                        seq_len, layout, shifts)
 
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat().batch(batch_size)
-  return ds.map(load)
+  return ds.map_with_index(load)
 
 
 def make_iterator(dataset, prefetch=8):
@@ -294,7 +371,7 @@ def make_iterator(dataset, prefetch=8):
                                                          prefetch_buffer_size=prefetch)))
 
 
-def eval_batches(source, tokenizer, batch_size):
+def eval_batches(source, tokenizer, batch_size, layout=Layout()):
   """A whole split as a list of batches, padded to the split's longest example.
 
   The last batch is padded with copies of the first record, marked by `valid` = 0.
@@ -307,7 +384,7 @@ def eval_batches(source, tokenizer, batch_size):
     valid = np.zeros(batch_size, np.float32)
     valid[:len(chunk)] = 1.0
     chunk = chunk + [chunk[0]] * (batch_size - len(chunk))
-    batch = encode_batch(chunk, tokenizer, length)
+    batch = encode_batch(chunk, tokenizer, length, layout)
     batch['valid'] = valid
     batches.append(batch)
   return batches

@@ -19,7 +19,7 @@ from selffb import train
 from selffb import validate
 
 
-def _best_params(config, workdir, model_cfg, mesh):
+def restore_best_params(config, workdir, model_cfg, mesh):
   """(step, best params, loop state) of workdir's newest checkpoint, restored straight into the
   shardings the logical-axis rules give them; only the parameters are read."""
   boxed = jax.eval_shape(lambda: model_lib.Transformer(model_cfg).init(
@@ -38,10 +38,10 @@ def _best_params(config, workdir, model_cfg, mesh):
 def evaluate_checkpoint(config, workdir):
   """Reports validation metrics and greedy exact match of the latest checkpoint's best params."""
   s = train.setup(config, workdir)
-  step, best_params, loop = _best_params(config, workdir, s.model_cfg, s.mesh)
+  step, best_params, loop = restore_best_params(config, workdir, s.model_cfg, s.mesh)
   p_eval = jax.jit(functools.partial(train.eval_step, model=model_lib.Transformer(s.model_cfg)))
   val_batches = data.eval_batches(s.splits['validation'], s.tokenizer,
-                                  config.data.eval_batch_size)
+                                  config.data.eval_batch_size, s.layout)
   val = train.evaluate(p_eval, best_params, val_batches, s.mesh)
   report = train.report_exact_match(s, best_params, config.data.eval_batch_size)
   logging.info('checkpoint step %d (best params from step %d): val %s', step,
@@ -59,11 +59,13 @@ def sample_checkpoint(config, workdir, texts):
   if not texts:
     raise ValueError('no prompts: pass --prompt="..." (repeatable) or --prompts_file=PATH.')
   mesh = sharding.make_mesh(config.mesh)
-  step, params, _ = _best_params(config, workdir, model_cfg, mesh)
+  step, params, _ = restore_best_params(config, workdir, model_cfg, mesh)
   tokenizer = data.ByteTokenizer()
+  layout = data.layout_of(config.data)
   prompts = [tokenizer.encode_prompt(t) for t in texts]
   outs = sampling.generate(params, prompts, cfg=model_cfg, sp=sp, eos_id=tokenizer.eos_id,
-                           pad_id=tokenizer.pad_id, seed=config.sample.seed, mesh=mesh)
+                           pad_id=tokenizer.pad_id, seed=config.sample.seed, mesh=mesh,
+                           positions=[layout.position_ids(p, tokenizer) for p in prompts])
   samples = []
   for text, (tokens, logprobs) in zip(texts, outs):
     samples.append({'prompt': text, 'completion': tokenizer.decode(tokens),

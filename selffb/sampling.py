@@ -133,8 +133,9 @@ def bucket(length):
   return max(_MIN_BUCKET, 1 << (int(length) - 1).bit_length())
 
 
-def left_pad(prompts, pad_id, length=None):
-  """Token lists -> (tokens_BxP, pos_BxP): left-padded, pad positions -1, real ones 0..n-1."""
+def left_pad(prompts, pad_id, length=None, positions=None):
+  """Token lists -> (tokens_BxP, pos_BxP): left-padded, pad positions -1, real ones 0..n-1 or
+  `positions` (one id list per prompt)."""
   length = length or max(len(p) for p in prompts)
   tokens = np.full((len(prompts), length), pad_id, np.int32)
   pos = np.full((len(prompts), length), -1, np.int32)
@@ -144,13 +145,15 @@ def left_pad(prompts, pad_id, length=None):
     if len(p) > length:
       raise ValueError(f'prompt {i} has {len(p)} tokens, more than the {length} allowed.')
     tokens[i, length - len(p):] = p
-    pos[i, length - len(p):] = np.arange(len(p))
+    pos[i, length - len(p):] = np.arange(len(p)) if positions is None else positions[i]
   return tokens, pos
 
 
-def generate(params, prompts, *, cfg, sp, eos_id, pad_id, seed=0, mesh=None, prompt_len=None):
+def generate(params, prompts, *, cfg, sp, eos_id, pad_id, seed=0, mesh=None, prompt_len=None,
+             positions=None):
   """Continues each prompt (a sequence of token ids, bos included).
 
+  `positions`: each prompt's position ids (default 0..n-1); new tokens continue from the last.
   Prompts are left-padded to a power-of-two bucket (or `prompt_len`, if given) and the batch to a
   multiple of the mesh's batch shards. Returns a list of (tokens, logprobs) numpy arrays per
   prompt, each ending at (and including) the end token when one was produced.
@@ -161,8 +164,11 @@ def generate(params, prompts, *, cfg, sp, eos_id, pad_id, seed=0, mesh=None, pro
                      f'config.model.max_len={cfg.max_len} (learned positions).')
   shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
   rows = -(-len(prompts) // shards) * shards
-  padded = list(prompts) + [prompts[0]] * (rows - len(prompts))
-  tokens, pos = left_pad(padded, pad_id, prompt_len or bucket(longest))
+  extra = rows - len(prompts)
+  padded = list(prompts) + [prompts[0]] * extra
+  if positions is not None:
+    positions = list(positions) + [positions[0]] * extra
+  tokens, pos = left_pad(padded, pad_id, prompt_len or bucket(longest), positions)
   if mesh is not None:
     placed = sharding.put_global(mesh, {'tokens': tokens, 'pos': pos})
     tokens, pos = placed['tokens'], placed['pos']

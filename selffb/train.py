@@ -27,8 +27,8 @@ from selffb import sampling
 from selffb import sharding
 from selffb import validate
 
-TRAIN_KEYS = ('inputs', 'targets', 'loss_mask') + feedback.BATCH_SOURCES
-EVAL_KEYS = ('inputs', 'targets', 'loss_mask', 'valid')
+TRAIN_KEYS = ('inputs', 'targets', 'positions', 'loss_mask') + feedback.BATCH_SOURCES
+EVAL_KEYS = ('inputs', 'targets', 'positions', 'loss_mask', 'valid')
 
 
 @struct.dataclass
@@ -53,7 +53,8 @@ class FeedbackSpec:
 
 
 def loss_fn(params, batch, rng, denominator, *, model, fb):
-  logits_BxTxV, _ = model.apply({'params': params}, batch['inputs'], rngs={'dropout': rng})
+  logits_BxTxV, _ = model.apply({'params': params}, batch['inputs'], batch.get('positions'),
+                                rngs={'dropout': rng})
   scores = {k: batch[k] for k in feedback.BATCH_SOURCES if k in batch}
   loss, aux = feedback.feedback_loss(
       logits_BxTxV, batch['targets'], batch['loss_mask'], loss=fb.loss, weights=dict(fb.weights),
@@ -103,7 +104,7 @@ def eval_step(params, batch, *, model):
   A sequence is exact when every loss token is the argmax under teacher forcing, which is
   exactly when greedy decoding reproduces the answer.
   """
-  logits_BxTxV, _ = model.apply({'params': params}, batch['inputs'])
+  logits_BxTxV, _ = model.apply({'params': params}, batch['inputs'], batch.get('positions'))
   mask_BxT = batch['loss_mask'] * batch['valid'][:, None]
   ce_BxT = -feedback.target_logprob(logits_BxTxV, batch['targets'])
   correct_BxT = jnp.argmax(logits_BxTxV, -1) == batch['targets']
@@ -115,7 +116,7 @@ def eval_step(params, batch, *, model):
 
 def evaluate(eval_fn, params, batches, mesh):
   """Teacher-forced metrics of a split: ce, perplexity, token accuracy, exact match."""
-  sums = [eval_fn(params, sharding.put_global(mesh, {k: b[k] for k in EVAL_KEYS}))
+  sums = [eval_fn(params, sharding.put_global(mesh, {k: b[k] for k in EVAL_KEYS if k in b}))
           for b in batches]
   total = jax.tree.map(lambda *x: float(np.sum(x)), *jax.device_get(sums))
   ce = total['ce'] / max(total['tokens'], 1)
@@ -124,26 +125,32 @@ def evaluate(eval_fn, params, batches, mesh):
           'exact': total['exact'] / max(total['sequences'], 1)}
 
 
-def greedy_exact_match(params, sources, tokenizer, cfg, batch_size, mesh=None):
+def greedy_exact_match(params, sources, tokenizer, cfg, batch_size, mesh=None,
+                       layout=data.Layout()):
   """Greedy-decoding exact match per split. Every batch has one shape (prompt bucket, batch
-  size, new tokens), so the sampler compiles once."""
+  size, new tokens), so the sampler compiles once. With an eos layout an answer must end with
+  eos; otherwise its first len(answer) tokens must be the answer."""
   records = {name: list(data.read_all(src)) for name, src in sources.items()}
   prompts = {name: [tokenizer.encode_prompt(r['prompt']) for r in rs]
              for name, rs in records.items()}
   prompt_len = sampling.bucket(max(len(p) for ps in prompts.values() for p in ps))
-  sp = sampling.SamplingParams(max_new_tokens=1 + max(
+  sp = sampling.SamplingParams(max_new_tokens=layout.eos + max(
       len(r['answer']) for rs in records.values() for r in rs))
   results = {}
   for name, rs in records.items():
     correct = 0
     for start in range(0, len(rs), batch_size):
       chunk = prompts[name][start:start + batch_size]
-      outs = sampling.generate(params, chunk + [chunk[0]] * (batch_size - len(chunk)), cfg=cfg,
-                               sp=sp, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               mesh=mesh, prompt_len=prompt_len)
+      chunk = chunk + [chunk[0]] * (batch_size - len(chunk))
+      outs = sampling.generate(params, chunk, cfg=cfg, sp=sp, eos_id=tokenizer.eos_id,
+                               pad_id=tokenizer.pad_id, mesh=mesh, prompt_len=prompt_len,
+                               positions=[layout.position_ids(p, tokenizer) for p in chunk])
       for r, (tokens, _) in zip(rs[start:start + batch_size], outs):
-        correct += bool(tokens[-1] == tokenizer.eos_id
-                        and tokenizer.decode(tokens) == r['answer'].decode())
+        answer = r['answer'].decode()
+        if layout.eos:
+          correct += bool(tokens[-1] == tokenizer.eos_id and tokenizer.decode(tokens) == answer)
+        else:
+          correct += tokenizer.decode(tokens[:len(answer)]) == answer
     results[name] = correct / len(rs)
   return results
 
@@ -154,6 +161,7 @@ class Setup:
   config: Any
   model_cfg: model_lib.ModelConfig
   tokenizer: data.ByteTokenizer
+  layout: data.Layout
   splits: dict
   seq_len: int
   mesh: Any
@@ -180,7 +188,8 @@ def setup(config, workdir, devices=None):
     raise validate.ConfigError(f'training sequences of {seq_len} tokens exceed '
                                f'config.model.max_len={config.model.max_len}.')
   return Setup(config=config, model_cfg=model_lib.ModelConfig.from_config(config.model),
-               tokenizer=tokenizer, splits=splits, seq_len=seq_len, mesh=mesh,
+               tokenizer=tokenizer, layout=data.layout_of(config.data), splits=splits,
+               seq_len=seq_len, mesh=mesh,
                tx=optim.make_optimizer(config.optim, config.train.num_steps),
                fb=FeedbackSpec.from_config(config.feedback))
 
@@ -222,7 +231,7 @@ class TrainingDiverged(RuntimeError):
   pass
 
 
-class _StopSignals:
+class StopSignals:
   """SIGTERM/SIGINT ask the loop to checkpoint and exit; on several hosts JAX's preemption
   sync point makes every host stop at the same step."""
 
@@ -258,14 +267,20 @@ def train_and_evaluate(config, workdir):
   s = setup(config, workdir)  # Fails on a bad config before anything is written.
   handle = lock.acquire(workdir) if jax.process_index() == 0 else None
   try:
-    with _StopSignals() as signals:
-      return _train(s, workdir, signals)
+    with StopSignals() as signals:
+      return train_loop(s, workdir, signals)[0]
   finally:
     if handle is not None:
       lock.release(handle)
 
 
-def _train(s, workdir, signals):
+def train_loop(s, workdir, signals, init_params=None, final_report=True, keep_best=True):
+  """The training loop in workdir (resuming its latest checkpoint); returns (summary, best params).
+
+  `init_params` (a fresh run only) replace the initial parameters: a self-training round starts
+  from the previous round's. `final_report`: decode the test sets greedily at the end.
+  `keep_best=False`: the "best" parameters saved and returned are simply the latest ones.
+  """
   t_start = time.time()
   config, c = s.config, s.config.train
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
@@ -284,12 +299,16 @@ def _train(s, workdir, signals):
 
   dataset = data.train_dataset(s.splits['train'], s.tokenizer, s.seq_len,
                                config.data.batch_size, config.seed, jax.process_index(),
-                               jax.process_count())
+                               jax.process_count(), s.layout)
   train_iter = data.make_iterator(dataset)
   val_batches = data.eval_batches(s.splits['validation'], s.tokenizer,
-                                  config.data.eval_batch_size)
+                                  config.data.eval_batch_size, s.layout)
   loop = {'best_val_ce': float('inf'), 'best_step': 0, 'bad_evals': 0, 'stopped': False,
           'rng': np.asarray(jax.random.key_data(step_rng)).tolist()}
+  if init_params is not None:
+    # A copy: the step donates the state, and the caller may still need init_params.
+    state = state.replace(params=jax.tree.map(jnp.copy, jax.device_put(init_params,
+                                                                        state_sh.params)))
   best_params = state.params
   restored = checkpoint.restore(manager, state, state.params)
   if restored is not None:
@@ -321,7 +340,8 @@ def _train(s, workdir, signals):
 
   def save(step):
     flush(step)  # Every step up to a checkpoint is in metrics.jsonl before the checkpoint is.
-    checkpoint.save(manager, step, state, best_params, train_iter.get_state(), loop, config_dict)
+    checkpoint.save(manager, step, state, best_params if keep_best else state.params,
+                    train_iter.get_state(), loop, config_dict)
 
   def run_eval(step):
     nonlocal best_params
@@ -383,16 +403,19 @@ def _train(s, workdir, signals):
     writer.close()
     logging.info('stopped by %s at step %d: checkpoint written; rerun the same command to '
                  'resume.', stopped_by, step)
-    return {'steps': step, 'stopped_by': stopped_by}
+    return {'steps': step, 'stopped_by': stopped_by}, None
 
-  report = report_exact_match(s, best_params, config.data.eval_batch_size)
+  if not keep_best:
+    best_params = state.params
+  report = report_exact_match(s, best_params, config.data.eval_batch_size) if final_report else {}
   summary = {'steps': step, 'best_step': loop['best_step'], 'best_val_ce': loop['best_val_ce'],
              'early_stopped': loop['stopped'], 'exact_match': report,
              'compile_s': compile_s, 'wall_s': time.time() - t_start, 'parameters': n_params}
-  writer.write(step, {f'test/exact_{k}': v for k, v in report.items()})
+  if report:
+    writer.write(step, {f'test/exact_{k}': v for k, v in report.items()})
   writer.close()
   _print_summary(summary, workdir)
-  return summary
+  return summary, best_params
 
 
 def _log_train(writer, pending, step, step_log, t_log, tokens_per_step, num_steps, schedule):
@@ -414,7 +437,8 @@ def report_exact_match(s, params, batch_size):
   tests = {int(k[len('test_'):]): v for k, v in s.splits.items() if k.startswith('test_')}
   if not tests:
     return {}
-  result = greedy_exact_match(params, tests, s.tokenizer, s.model_cfg, batch_size, s.mesh)
+  result = greedy_exact_match(params, tests, s.tokenizer, s.model_cfg, batch_size, s.mesh,
+                              s.layout)
   return {str(n): result[n] for n in sorted(result)}
 
 

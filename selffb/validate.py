@@ -1,5 +1,7 @@
 """The whole config checked before any data is written or any step compiled; every problem is
 reported at once. Also the check that a checkpoint can be resumed under the current config."""
+import os
+
 import jax
 import ml_collections
 
@@ -75,6 +77,10 @@ def problems(config, num_devices):
          'config.data.addition.num_train, num_validation and num_test must be >= 1.')
     need(len(a.test_digits) > 0 and min(a.test_digits) >= 1,
          f'config.data.addition.test_digits={a.test_digits} needs lengths >= 1.')
+    need(a.format in ('plain', 'aligned'),
+         f"config.data.addition.format={a.format!r}; choose 'plain' or 'aligned'.")
+    need(a.position_shift >= 0,
+         f'config.data.addition.position_shift={a.position_shift} must be >= 0.')
     if m.positions == 'learned' and len(a.test_digits):
       n = max(a.test_digits)  # bos a + b = answer eos: 3n + 5 positions.
       need(3 * n + 5 <= m.max_len, f'{n}-digit test problems need {3 * n + 5} positions but '
@@ -86,6 +92,40 @@ def problems(config, num_devices):
          f'config.data.text.validation_fraction={d.text.validation_fraction} must be in (0, 1).')
   else:
     found.append(f"config.data.task={d.task!r}; choose 'addition' or 'text'.")
+  found.extend(selftrain_problems(config.selftrain))
+  return found
+
+
+def selftrain_problems(st):
+  """Problems of config.selftrain (read by --mode=selftrain only, checked always)."""
+  from selffb import selftrain  # pylint: disable=g-import-not-at-top
+  found = []
+
+  def need(ok, message):
+    if not ok:
+      found.append(message)
+
+  try:
+    selftrain.normalize_weights(st.weights.to_dict())
+  except ValueError as e:
+    found.append(str(e))
+  for key in ('prompts_per_round', 'samples_per_prompt', 'steps_per_round', 'val_per_length'):
+    need(st[key] >= 1, f'config.selftrain.{key}={st[key]} must be >= 1.')
+  for key in ('rounds', 'start_digits', 'warmup_steps', 'max_self_examples', 'patience',
+              'target_digits', 'top_k'):
+    need(st[key] >= 0, f'config.selftrain.{key}={st[key]} must be >= 0.')
+  need(st.samples_per_prompt == 1 or st.temperature > 0,
+       f'config.selftrain.samples_per_prompt={st.samples_per_prompt} identical greedy candidates: '
+       'set config.selftrain.temperature > 0, or samples_per_prompt=1.')
+  need(st.temperature >= 0, f'config.selftrain.temperature={st.temperature} must be >= 0.')
+  need(0 < st.keep_top_fraction <= 1,
+       f'config.selftrain.keep_top_fraction={st.keep_top_fraction} must be in (0, 1].')
+  need(0 <= st.mix < 1, f'config.selftrain.mix={st.mix} must be in [0, 1).')
+  need(st.lr > 0, f'config.selftrain.lr={st.lr} must be > 0.')
+  need(0 <= st.target_accuracy <= 1,
+       f'config.selftrain.target_accuracy={st.target_accuracy} must be in [0, 1].')
+  need(not st.ratings_file or os.path.isfile(st.ratings_file),
+       f'config.selftrain.ratings_file={st.ratings_file!r} does not exist.')
   return found
 
 
