@@ -102,9 +102,13 @@ def layout_of(c):
   return Layout()
 
 
-def _draw_operand(rng, digits):
-  low = 0 if digits == 1 else 10 ** (digits - 1)
-  return int(rng.integers(low, 10 ** digits))
+def random_operand(rng, digits):
+  """A uniform `digits`-digit number (0-9 for one digit), of any length."""
+  if digits <= 18:  # Fits int64.
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return int(rng.integers(low, 10 ** digits))
+  head = rng.integers(1, 10)
+  return int(str(head) + ''.join(map(str, rng.integers(0, 10, digits - 1))))
 
 
 def distinct_pairs(rng, count, lengths, exclude):
@@ -112,7 +116,7 @@ def distinct_pairs(rng, count, lengths, exclude):
   pairs = set()
   while len(pairs) < count:
     la, lb = lengths()
-    pair = (_draw_operand(rng, la), _draw_operand(rng, lb))
+    pair = (random_operand(rng, la), random_operand(rng, lb))
     if pair not in exclude:
       pairs.add(pair)
   return sorted(pairs)

@@ -183,8 +183,7 @@ def draw_problems(rng, digits, count, exclude):
   pairs = set()
   while len(pairs) < count:
     other = int(rng.integers(1, digits + 1))
-    a, b = int(rng.integers(low(digits), 10 ** digits)), int(rng.integers(low(other),
-                                                                         10 ** other))
+    a, b = data.random_operand(rng, digits), data.random_operand(rng, other)
     pair = (a, b) if rng.random() < 0.5 else (b, a)
     if pair not in exclude:
       pairs.add(pair)
@@ -515,12 +514,23 @@ def _brief(row):
 def _columns(rows):
   lengths = sorted({int(k) for row in rows for k in row['test']})
   return ['run', 'round', 'digits', 'prompts', 'generated', 'kept', 'label_precision',
-          'candidate_accuracy', 'steps', 'val_exact'] + [f'acc_{n}' for n in lengths] + ['wall_s']
+          'candidate_accuracy', 'before', 'after', 'steps', 'val_exact'] + [
+              f'acc_{n}' for n in lengths] + ['wall_s']
 
 
-def _flat_row(row):
-  out = dict(row)
-  out.update({f'acc_{k}': v for k, v in row['test'].items()})
+def _flat_rows(rows):
+  """Rows with acc_<n> columns, and test accuracy at the round's digits before and after it
+  (before: the previous round of the same run, round 0 for the first)."""
+  out, last = [], {}
+  for row in rows:
+    flat = dict(row)
+    flat.update({f'acc_{k}': v for k, v in row['test'].items()})
+    prev = last.get(row['run'], last.get('self'))
+    d = str(row['digits'])
+    if prev is not None and d in row['test']:
+      flat['before'], flat['after'] = prev['test'][d], row['test'][d]
+    last[row['run']] = row
+    out.append(flat)
   return out
 
 
@@ -529,12 +539,12 @@ def markdown(rows):
   cols = _columns(rows)
   head = [c.replace('acc_', '') + ('d' if c.startswith('acc_') else '') for c in cols]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(cols)]
-  for row in rows:
-    flat = _flat_row(row)
+  for flat in _flat_rows(rows):
     cells = []
     for c in cols:
       v = flat.get(c, '')
-      if c.startswith('acc_') or c in ('label_precision', 'candidate_accuracy', 'val_exact'):
+      if c.startswith('acc_') or c in ('label_precision', 'candidate_accuracy', 'val_exact',
+                                       'before', 'after'):
         v = _pct(v) if v != '' else ''
       elif c == 'wall_s':
         v = f'{v:.0f}'
@@ -551,17 +561,20 @@ def write_report(workdir, rows):
   with open(os.path.join(workdir, 'rounds.csv'), 'w', newline='') as f:
     writer = csv.DictWriter(f, cols, extrasaction='ignore')
     writer.writeheader()
-    for row in rows:
-      writer.writerow(_flat_row(row))
+    for flat in _flat_rows(rows):
+      writer.writerow(flat)
   with open(os.path.join(workdir, 'rounds.md'), 'w') as f:
-    f.write('Greedy exact match (%) on held-out test problems per operand length, after each '
-            'round. label_precision: share of kept samples that are correct (exact check). '
+    f.write('Greedy exact match (%) on held-out test problems per operand length (1d, 2d, ...) '
+            'after each round; before/after: at the digits the round prompted. label_precision: '
+            'share of kept samples that are correct (exact check, whatever the filter). '
             'candidate_accuracy: share of all sampled candidates that are correct.\n\n')
     f.write(markdown(rows) + '\n')
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  low, high = (int(x) for x in str(rows[0]['digits']).split('-'))
+  ax.axvspan(low - 0.5, high + 0.5, color='0.9', label='training lengths')
   for row in rows:
     xs = [int(k) for k in row['test']]
     control = row['run'] == 'control'

@@ -73,6 +73,8 @@ def problems(config, num_devices):
     a = d.addition
     need(1 <= a.min_digits <= a.max_digits, f'config.data.addition digits range '
          f'[{a.min_digits}, {a.max_digits}] is empty or starts below 1.')
+    need(a.max_digits <= 18, f'config.data.addition.max_digits={a.max_digits}: training operands '
+         'are drawn as int64, so at most 18 digits (test lengths and rounds may go further).')
     need(min(a.num_train, a.num_validation, a.num_test) >= 1,
          'config.data.addition.num_train, num_validation and num_test must be >= 1.')
     need(len(a.test_digits) > 0 and min(a.test_digits) >= 1,

@@ -1,7 +1,12 @@
+import importlib
+import os
 import re
+
+import pytest
 
 from configs import default
 from configs import tiny
+from selffb import validate
 
 
 def flat_keys(c, prefix=''):
@@ -23,3 +28,12 @@ def test_every_default_key_has_a_comment():
 def test_tiny_changes_only_declared_keys():
   # The config is unlocked while a file edits it: a typo there would add a key silently.
   assert flat_keys(tiny.get_config()) == flat_keys(default.get_config())
+
+
+@pytest.mark.parametrize('name', sorted(
+    f[:-3] for f in os.listdir(os.path.dirname(default.__file__))
+    if f.endswith('.py') and f != '__init__.py'))
+def test_every_config_declares_only_default_keys_and_validates(name):
+  c = importlib.import_module(f'configs.{name}').get_config()
+  assert flat_keys(c) == flat_keys(default.get_config())
+  assert validate.problems(c, 1) == []

@@ -134,8 +134,8 @@ def test_nan_batches_stop_the_run_with_the_step_and_batch(data_dir, tmp_path, mo
   encode = data.encode_batch
   calls = []
 
-  def poisoned(records, tokenizer, seq_len):
-    batch = encode(records, tokenizer, seq_len)
+  def poisoned(records, tokenizer, seq_len, *args):
+    batch = encode(records, tokenizer, seq_len, *args)
     calls.append(1)
     if len(calls) > 25:  # Every batch after the 25th read.
       batch['loss_mask'][:] = np.nan

@@ -179,6 +179,8 @@ def selftrain_config(data_dir):
   c.data.addition.test_digits = (2, 3, 4, 5)
   c.train.num_steps = 20
   c.selftrain.rounds = 2
+  c.selftrain.start_digits = 0  # max_digits + 1 = 4.
+  c.selftrain.control = True
   c.selftrain.prompts_per_round = 48
   c.selftrain.samples_per_prompt = 2
   c.selftrain.temperature = 1.0
