@@ -83,6 +83,12 @@ class Layout:
   positions: str = 'sequential'
   shift: int = 0
 
+  def answer_length(self, prompt):
+    """Tokens of the answer to an aligned addition prompt (None if answers end with eos)."""
+    if self.eos:
+      return None
+    return len(prompt.split('+')[0])
+
   def position_ids(self, tokens, tokenizer):
     """Ids for a token sequence that starts with bos."""
     if self.positions == 'sequential':

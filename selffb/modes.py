@@ -19,6 +19,19 @@ from selffb import train
 from selffb import validate
 
 
+def checkpoint_dir(workdir):
+  """Where a workdir's model is: the workdir itself, or for a self-training run the last
+  finished round (rounds/rNN with a report.json)."""
+  rounds = os.path.join(workdir, 'rounds')
+  if os.path.isdir(rounds):
+    done = sorted(d for d in os.listdir(rounds)
+                  if os.path.exists(os.path.join(rounds, d, 'report.json')))
+    if done:
+      logging.info('self-training run: using the last finished round, %s', done[-1])
+      return os.path.join(rounds, done[-1])
+  return workdir
+
+
 def restore_best_params(config, workdir, model_cfg, mesh):
   """(step, best params, loop state) of workdir's newest checkpoint, restored straight into the
   shardings the logical-axis rules give them; only the parameters are read."""
@@ -38,7 +51,8 @@ def restore_best_params(config, workdir, model_cfg, mesh):
 def evaluate_checkpoint(config, workdir):
   """Reports validation metrics and greedy exact match of the latest checkpoint's best params."""
   s = train.setup(config, workdir)
-  step, best_params, loop = restore_best_params(config, workdir, s.model_cfg, s.mesh)
+  step, best_params, loop = restore_best_params(config, checkpoint_dir(workdir), s.model_cfg,
+                                                s.mesh)
   p_eval = jax.jit(functools.partial(train.eval_step, model=model_lib.Transformer(s.model_cfg)))
   val_batches = data.eval_batches(s.splits['validation'], s.tokenizer,
                                   config.data.eval_batch_size, s.layout)
@@ -59,7 +73,7 @@ def sample_checkpoint(config, workdir, texts):
   if not texts:
     raise ValueError('no prompts: pass --prompt="..." (repeatable) or --prompts_file=PATH.')
   mesh = sharding.make_mesh(config.mesh)
-  step, params, _ = restore_best_params(config, workdir, model_cfg, mesh)
+  step, params, _ = restore_best_params(config, checkpoint_dir(workdir), model_cfg, mesh)
   tokenizer = data.ByteTokenizer()
   layout = data.layout_of(config.data)
   prompts = [tokenizer.encode_prompt(t) for t in texts]
@@ -68,8 +82,11 @@ def sample_checkpoint(config, workdir, texts):
                            positions=[layout.position_ids(p, tokenizer) for p in prompts])
   samples = []
   for text, (tokens, logprobs) in zip(texts, outs):
+    n = layout.answer_length(text)
+    if n is not None:  # Fixed-length answers: the model stops by length, not with eos.
+      tokens, logprobs = tokens[:n], logprobs[:n]
     samples.append({'prompt': text, 'completion': tokenizer.decode(tokens),
-                    'ended': bool(tokens[-1] == tokenizer.eos_id),
+                    'ended': n is not None or bool(tokens[-1] == tokenizer.eos_id),
                     'mean_logprob': float(np.mean(logprobs)), 'tokens': len(tokens)})
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'samples.jsonl'), 'a') as f:

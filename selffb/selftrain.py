@@ -24,6 +24,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from selffb import data
 from selffb import modes
@@ -269,19 +270,8 @@ def _sample_round(run, params, r, digits):
     outs.extend(got[:len(flat) - start])
   groups = []
   for i, text in enumerate(texts):
-    cands = []
-    for tokens, logprobs in outs[i * k:(i + 1) * k]:
-      if not layout.eos:
-        tokens, logprobs = tokens[:answer_len], logprobs[:answer_len]
-      answer = tok.decode(tokens)
-      probs = np.exp(logprobs)
-      ended = layout.eos and len(tokens) and tokens[-1] == tok.eos_id
-      well_formed = answer.isdigit() and answer.isascii() and (
-          len(answer) == answer_len if not layout.eos else
-          bool(ended) and len(answer) in (digits, digits + 1) and
-          (answer == '0' or answer[-1] != '0'))
-      cands.append({'answer': answer, 'confidence_mean': float(probs.mean()),
-                    'confidence_min': float(probs.min()), 'format': float(well_formed)})
+    cands = [_candidate(tokens, logprobs, digits, layout, tok)
+             for tokens, logprobs in outs[i * k:(i + 1) * k]]
     for c, share in zip(cands, vote_shares([c['answer'] for c in cands])):
       c['vote'] = share
       c['verifier'] = float(bool(run.verifier(text, c['answer']))) if run.verifier else 0.0
@@ -298,6 +288,24 @@ def _sample_round(run, params, r, digits):
   rows = [{'prompt': c['prompt'], 'answer': c['answer'], 'digits': digits, 'q': c['q'],
            'correct': c['correct'], 'scores': {k: c[k] for k in SOURCES}} for c in kept]
   return summary, rows
+
+
+def _candidate(tokens, logprobs, digits, layout, tok):
+  """A sampled continuation -> its answer text and the sources read off the sample itself."""
+  answer_len = digits + 1
+  if not layout.eos:  # Fixed-length answers: the model stops by length.
+    tokens, logprobs = tokens[:answer_len], logprobs[:answer_len]
+  answer = tok.decode(tokens)
+  probs = np.exp(logprobs)
+  if layout.eos:  # Ended with eos; n or n + 1 digits, no leading (reversed: trailing) zero.
+    ended = len(tokens) > 0 and tokens[-1] == tok.eos_id
+    right_form = ended and len(answer) in (digits, answer_len) and (
+        answer == '0' or answer[-1] != '0')
+  else:
+    right_form = len(answer) == answer_len
+  return {'answer': answer, 'confidence_mean': float(probs.mean()),
+          'confidence_min': float(probs.min()),
+          'format': float(bool(right_form) and answer.isdigit() and answer.isascii())}
 
 
 def hash_seed(*parts):
@@ -427,6 +435,8 @@ def _rounds(run):
   best_val, bad, last = rows[0]['val_exact'], 0, 0
   kept_all = []
   for r in range(1, st.rounds + 1):
+    if jax.process_count() > 1:  # Every host decides what is done from the same files.
+      multihost_utils.sync_global_devices(f'selftrain round {r}')
     directory = os.path.join(root, f'r{r:02d}')
     digits = start + r - 1
     kept_path = os.path.join(directory, 'kept.jsonl')
@@ -449,6 +459,9 @@ def _rounds(run):
         logging.info('round %d: %d-digit prompts %d, candidates %d, kept %d, label precision '
                      '%s', r, digits, selection['prompts'], selection['generated'],
                      selection['kept'], _pct(selection['label_precision']))
+        if not kept:
+          logging.warning('round %d kept nothing (theta=%s): it trains on the original data '
+                          'and earlier rounds\' samples only.', r, st.theta)
       kept_all += kept
       config = _round_config(s.config, r, st.steps_per_round)
       summary, params = _train_round(run, directory, config, kept_all, params)

@@ -7,6 +7,7 @@ import pytest
 
 from configs import tiny
 from selffb import data
+from selffb import modes
 from selffb import selftrain
 from selffb import train
 from selffb import validate
@@ -264,3 +265,32 @@ def test_resume_mid_round_gives_the_same_report(uninterrupted, data_dir, tmp_pat
   _StopAfter.budget = -1  # Never again.
   resumed = selftrain.run_selftrain(selftrain_config(data_dir), workdir)
   assert strip_times(resumed) == strip_times(rows)
+
+
+def test_eval_and_sample_modes_read_the_last_round(uninterrupted, data_dir):
+  workdir, _ = uninterrupted
+  assert modes.checkpoint_dir(workdir) == os.path.join(workdir, 'rounds', 'r02')
+  samples = modes.sample_checkpoint(selftrain_config(data_dir), workdir, ['2100+3000='])
+  assert samples[0]['tokens'] == 4 and samples[0]['ended']  # Cut at the aligned answer length.
+
+
+def test_candidate_format_and_confidence():
+  tok = data.ByteTokenizer()
+  eos = [tok.eos_id]
+
+  def score(text, end, digits, layout, probs):
+    tokens = np.concatenate([tok.encode(text), end]).astype(np.int32)
+    return selftrain._candidate(tokens, np.log(np.asarray(probs)), digits, layout, tok)
+
+  plain = data.Layout()
+  c = score('201', eos, 2, plain, [0.5, 1.0, 0.9, 0.6])
+  assert c['answer'] == '201' and c['format'] == 1.0
+  assert c['confidence_mean'] == pytest.approx(0.75) and c['confidence_min'] == pytest.approx(0.5)
+  assert score('2010', eos, 2, plain, [1] * 5)['format'] == 0.0  # Too long.
+  assert score('20', eos, 2, plain, [1] * 3)['format'] == 0.0  # A leading zero (reversed).
+  assert score('201', [], 2, plain, [1] * 3)['format'] == 0.0  # Never ended.
+  aligned = data.layout_of(_aligned_data())
+  c = score('2010', [], 3, aligned, [0.9, 0.8, 1.0, 0.7, 0.1])  # Cut at 4; the 5th is unused.
+  assert c['answer'] == '2010' and c['format'] == 1.0
+  assert c['confidence_min'] == pytest.approx(0.7)
+  assert score('2a10', [], 3, aligned, [1] * 4)['format'] == 0.0
