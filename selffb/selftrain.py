@@ -193,6 +193,7 @@ def draw_problems(rng, digits, count, exclude):
 
 def _write_json(path, obj):
   if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
       json.dump(obj, f, indent=2)
@@ -201,6 +202,7 @@ def _write_json(path, obj):
 
 def _write_jsonl(path, rows):
   if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
       for row in rows:

@@ -294,3 +294,13 @@ def test_candidate_format_and_confidence():
   assert c['answer'] == '2010' and c['format'] == 1.0
   assert c['confidence_min'] == pytest.approx(0.7)
   assert score('2a10', [], 3, aligned, [1] * 4)['format'] == 0.0
+
+
+def test_round_zero_can_start_from_a_train_run(uninterrupted, data_dir, tmp_path):
+  workdir, rows = uninterrupted
+  c = selftrain_config(data_dir)
+  c.selftrain.init_workdir = os.path.join(workdir, 'rounds', 'r00')
+  c.selftrain.rounds = 0
+  got = selftrain.run_selftrain(c, str(tmp_path))
+  assert len(got) == 1 and got[0]['steps'] == 0
+  assert got[0]['test'] == rows[0]['test'] and got[0]['val'] == rows[0]['val']
