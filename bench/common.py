@@ -17,10 +17,11 @@ SHARED_BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.
 
 
 def reference_config():
-  """4 layers, 4 heads, d_model 256, learned positions, LayerNorm, GELU, tied, float32."""
+  """4 layers, 4 heads, d_model 256, learned positions, LayerNorm, GELU, biases, tied, float32:
+  the yardstick's GPT-2 architecture."""
   c = default.get_config()
   c.model.update(num_layers=4, num_heads=4, d_model=256, mlp_dim=1024, positions='learned',
-                 max_len=256, norm='layernorm', mlp='gelu', tie_embeddings=True)
+                 max_len=256, norm='layernorm', mlp='gelu', tie_embeddings=True, use_bias=True)
   c.mesh.data = 1
   return c
 

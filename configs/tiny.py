@@ -8,6 +8,7 @@ def get_config(arg=None):
   c.model.d_model = 32
   c.model.mlp_dim = 64
   c.model.max_len = 32
+  c.model.use_bias = False  # The golden values in tests/test_train.py are for this model.
   c.data.batch_size = 16
   c.data.eval_batch_size = 32
   c.data.addition.max_digits = 3

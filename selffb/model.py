@@ -38,6 +38,7 @@ class ModelConfig:
   rope_base: float = 10_000.0
   max_len: int = 64
   tie_embeddings: bool = True
+  use_bias: bool = False
   dropout: float = 0.0
   param_dtype: Any = jnp.float32
   dtype: Any = jnp.float32
@@ -98,11 +99,15 @@ def rope(x_BxTxHxD, pos_BxT, base):
   return out.astype(x_BxTxHxD.dtype)
 
 
-def _dense(cfg, features, axes, name, in_axis=-1):
-  """A bias-free projection, fan-in init (std 1/sqrt(fan_in))."""
+def _dense(cfg, features, axes, name, in_axis=-1, bias=None):
+  """A projection, fan-in init (std 1/sqrt(fan_in)); a zero-init bias if cfg.use_bias."""
   init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
-  return nn.DenseGeneral(features, axis=in_axis, use_bias=False, dtype=cfg.dtype,
-                         param_dtype=cfg.param_dtype, kernel_init=init, name=name)
+  n_in = 1 if isinstance(in_axis, int) else len(in_axis)
+  use_bias = cfg.use_bias if bias is None else bias
+  return nn.DenseGeneral(features, axis=in_axis, use_bias=use_bias, dtype=cfg.dtype,
+                         param_dtype=cfg.param_dtype, kernel_init=init, name=name,
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                axes[n_in:]))
 
 
 def _norm(cfg, name):
@@ -231,7 +236,8 @@ class Transformer(nn.Module):
     if cfg.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxE)
     else:
-      logits_BxTxV = _dense(cfg, cfg.vocab_size, ('embed', 'vocab'), 'unembed')(x_BxTxE)
+      logits_BxTxV = _dense(cfg, cfg.vocab_size, ('embed', 'vocab'), 'unembed',
+                            bias=False)(x_BxTxE)
     if cache is not None:
       cache = {'layers': new_layers, 'pos': kv_pos_BxS, 'index': index + tokens_BxT.shape[1]}
     return logits_BxTxV.astype(jnp.float32), cache

@@ -20,9 +20,10 @@ def batches(tmp_path_factory):
                            for _ in range(3)]
 
 
-def run_steps(data_dir, batches, devices, mesh=(1, 1, 1), accum=1):
+def run_steps(data_dir, batches, devices, mesh=(1, 1, 1), accum=1, bias=False):
   c = tiny.get_config()
   c.data.data_dir = data_dir
+  c.model.use_bias = bias
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
   c.train.grad_accum_steps = accum
   s = train.setup(c, '', devices)
@@ -55,6 +56,19 @@ def test_sharded_steps_equal_one_device(batches, single, mesh):
   # Adam's moments are sharded like the parameters.
   moments = [x for x in jax.tree.leaves(state.opt_state) if x.shape == up.shape]
   assert moments and all(m.sharding.spec == P('fsdp', 'tensor') for m in moments)
+
+
+def test_biases_are_sharded_like_their_outputs(batches):
+  state, losses = run_steps(*batches, jax.devices(), (2, 2, 2), bias=True)
+  want_state, want_losses = run_steps(*batches, jax.devices()[:1], bias=True)
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want_state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  block = state.params['block_0']
+  assert block['mlp']['up']['bias'].sharding.spec == P('tensor')
+  assert block['mlp']['down']['bias'].sharding.spec == P('fsdp')
+  assert block['attn']['query']['bias'].sharding.spec == P('tensor', None)
+  assert block['attn']['query']['bias'].addressable_shards[0].data.shape == (2, 8)  # 4 heads / 2.
 
 
 def test_gradient_accumulation_equals_one_large_batch(batches, single):
