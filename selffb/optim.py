@@ -76,8 +76,12 @@ def make_schedule(c, num_steps):
 
 
 def decay_mask(params):
-  """Decay matrices only: norms' scales and biases (rank < 2) are left alone."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Decay weight matrices only: norms' scales and biases (a per-head query bias has rank 2)
+  are left alone."""
+  def decays(path, p):
+    name = getattr(path[-1], 'key', None) if path else None
+    return p.ndim >= 2 and name != 'bias'
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(c, num_steps):
