@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.train.checkpoint_every = 1_000
   c.train.log_every = 100
   c.selftrain.rounds = 84  # 17 .. 100 digits.
+  c.selftrain.start_digits = 17
   c.selftrain.prompts_per_round = 50_000
   c.selftrain.samples_per_prompt = 4
   c.selftrain.temperature = 0.7

@@ -21,11 +21,13 @@ from selffb import validate
 
 def checkpoint_dir(workdir):
   """Where a workdir's model is: the workdir itself, or for a self-training run the last
-  finished round (rounds/rNN with a report.json)."""
+  finished round with checkpoints (rounds/rNN; r00 has none when it came from init_workdir)."""
   rounds = os.path.join(workdir, 'rounds')
   if os.path.isdir(rounds):
-    done = sorted(d for d in os.listdir(rounds)
-                  if os.path.exists(os.path.join(rounds, d, 'report.json')))
+    done = sorted((d for d in os.listdir(rounds)
+                   if os.path.exists(os.path.join(rounds, d, 'report.json'))
+                   and os.path.isdir(os.path.join(rounds, d, 'checkpoints'))),
+                  key=lambda d: int(d[1:]) if d[1:].isdigit() else -1)
     if done:
       logging.info('self-training run: using the last finished round, %s', done[-1])
       return os.path.join(rounds, done[-1])

@@ -80,7 +80,7 @@ def decay_mask(params):
   are left alone."""
   def decays(path, p):
     name = getattr(path[-1], 'key', None) if path else None
-    return p.ndim >= 2 and name != 'bias'
+    return p.ndim >= 2 and name not in ('bias', 'scale')  # Scanned layers stack scales.
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -332,7 +332,7 @@ def _round_config(config, r, steps):
     c.train.patience = 0
     c.train.checkpoint_every = min(config.train.checkpoint_every, steps)
     c.optim.lr = config.selftrain.lr
-    c.optim.warmup_steps = min(config.selftrain.warmup_steps, steps)
+    c.optim.warmup_steps = min(config.selftrain.warmup_steps, steps - 1)
   return c
 
 
@@ -418,11 +418,13 @@ def _rounds(run):
 
   # Round 0: base training (or a given run's parameters).
   r0 = os.path.join(root, 'r00')
+  # Where round 0's parameters live: r00's checkpoints, or the run it was taken from.
+  base_dir = modes.checkpoint_dir(st.init_workdir) if st.init_workdir else r0
   params = None
   if not done(r0):
     t0 = time.time()
     if st.init_workdir:
-      params = _restore_params(run, st.init_workdir)
+      params = _restore_params(run, base_dir)
       steps = 0
     else:
       summary, params = train.train_loop(s, r0, run.signals, final_report=False)
@@ -447,7 +449,7 @@ def _rounds(run):
       params = None
     else:
       if params is None:
-        params = _restore_params(run, os.path.join(root, f'r{r - 1:02d}'))
+        params = _restore_params(run, os.path.join(root, f'r{r - 1:02d}') if r > 1 else base_dir)
       os.makedirs(directory, exist_ok=True)
       t0 = time.time()
       if os.path.exists(kept_path):
@@ -455,9 +457,12 @@ def _rounds(run):
           selection = json.load(f)
         kept = _read_jsonl(kept_path)
       else:
+        if run.signals.received:  # Stopped during the last evaluation: stop before sampling.
+          return None
         selection, kept = _sample_round(run, params, r, digits)
-        _write_jsonl(kept_path, kept)  # kept.jsonl before selection.json: both or a redo.
+        # selection.json first: kept.jsonl marks the pair complete.
         _write_json(os.path.join(directory, 'selection.json'), selection)
+        _write_jsonl(kept_path, kept)
         logging.info('round %d: %d-digit prompts %d, candidates %d, kept %d, label precision '
                      '%s', r, digits, selection['prompts'], selection['generated'],
                      selection['kept'], _pct(selection['label_precision']))
@@ -494,7 +499,7 @@ def _rounds(run):
         params = None
         continue
       if params is None:
-        prev = os.path.join(workdir, 'control', f'r{r - 1:02d}') if r > 1 else r0
+        prev = os.path.join(workdir, 'control', f'r{r - 1:02d}') if r > 1 else base_dir
         params = _restore_params(run, prev)
       t0 = time.time()
       config = _round_config(s.config, r, st.steps_per_round)

@@ -95,6 +95,11 @@ def problems(config, num_devices):
   else:
     found.append(f"config.data.task={d.task!r}; choose 'addition' or 'text'.")
   found.extend(selftrain_problems(config.selftrain))
+  st = config.selftrain
+  in_tests = d.task == 'addition' and st.target_digits in d.addition.test_digits
+  need(not st.target_digits or in_tests,
+       f'config.selftrain.target_digits={st.target_digits} is not among '
+       'config.data.addition.test_digits, so it could never be reached; add it there.')
   return found
 
 
@@ -124,6 +129,8 @@ def selftrain_problems(st):
        f'config.selftrain.keep_top_fraction={st.keep_top_fraction} must be in (0, 1].')
   need(0 <= st.mix < 1, f'config.selftrain.mix={st.mix} must be in [0, 1).')
   need(st.lr > 0, f'config.selftrain.lr={st.lr} must be > 0.')
+  need(st.warmup_steps < st.steps_per_round, f'config.selftrain.warmup_steps={st.warmup_steps} '
+       f'must be below steps_per_round={st.steps_per_round}.')
   need(0 <= st.target_accuracy <= 1,
        f'config.selftrain.target_accuracy={st.target_accuracy} must be in [0, 1].')
   need(not st.ratings_file or os.path.isfile(st.ratings_file),

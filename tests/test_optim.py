@@ -81,13 +81,15 @@ def test_weight_decay_skips_norms_and_biases():
                    lr=1.0)
   tx = optim.make_optimizer(c, 10)
   params = {'kernel': jnp.ones((2, 2)), 'scale': jnp.ones(2),
-            'query': {'kernel': jnp.ones((2, 2, 2)), 'bias': jnp.ones((2, 2))}}  # Per-head bias.
+            'query': {'kernel': jnp.ones((2, 2, 2)), 'bias': jnp.ones((2, 2))},  # Per-head bias.
+            'stacked_norm': {'scale': jnp.ones((3, 2))}}  # Scanned layers stack scales.
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params, feedback=0.0)
   np.testing.assert_allclose(updates['kernel'], -0.5)  # -lr * wd * p
   np.testing.assert_allclose(updates['query']['kernel'], -0.5)
   np.testing.assert_allclose(updates['scale'], 0.0)
   np.testing.assert_allclose(updates['query']['bias'], 0.0)
+  np.testing.assert_allclose(updates['stacked_norm']['scale'], 0.0)
 
 
 def test_schedules():

@@ -122,8 +122,11 @@ def test_selftrain_config_problems_are_all_named():
   c.selftrain.mix = 1.0
   c.selftrain.keep_top_fraction = 0.0
   c.selftrain.weights.vote = -1.0
+  c.selftrain.warmup_steps = c.selftrain.steps_per_round
+  c.selftrain.target_digits = 9  # Not a test length.
   found = '\n'.join(validate.problems(c, 1))
-  for key in ('samples_per_prompt', 'selftrain.mix', 'keep_top_fraction', 'selftrain.weights'):
+  for key in ('samples_per_prompt', 'selftrain.mix', 'keep_top_fraction', 'selftrain.weights',
+              'selftrain.warmup_steps', 'selftrain.target_digits'):
     assert key in found
 
 
@@ -300,7 +303,13 @@ def test_round_zero_can_start_from_a_train_run(uninterrupted, data_dir, tmp_path
   workdir, rows = uninterrupted
   c = selftrain_config(data_dir)
   c.selftrain.init_workdir = os.path.join(workdir, 'rounds', 'r00')
-  c.selftrain.rounds = 0
+  c.selftrain.rounds = 1
+  c.selftrain.control = False
   got = selftrain.run_selftrain(c, str(tmp_path))
-  assert len(got) == 1 and got[0]['steps'] == 0
+  assert len(got) == 2 and got[0]['steps'] == 0
   assert got[0]['test'] == rows[0]['test'] and got[0]['val'] == rows[0]['val']
+  # Round 1 interrupted after training: the rerun finds round 0's parameters in init_workdir.
+  os.remove(os.path.join(tmp_path, 'rounds', 'r01', 'report.json'))
+  again = selftrain.run_selftrain(c, str(tmp_path))
+  assert strip_times(again) == strip_times(got)
+  assert modes.checkpoint_dir(str(tmp_path)) == os.path.join(tmp_path, 'rounds', 'r01')
