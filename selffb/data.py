@@ -94,11 +94,11 @@ class Layout:
     if self.positions == 'sequential':
       return np.arange(len(tokens), dtype=np.int32)
     plus, equals = (int(tokenizer.encode(ch)[0]) for ch in '+=')
-    ids, k = np.zeros(len(tokens), np.int32), 0
-    for i, t in enumerate(tokens[1:], 1):
-      k = 0 if t == plus else 1 if t == equals else k + 1
-      ids[i] = k
-    return ids
+    tokens = np.asarray(tokens)
+    slot = np.arange(len(tokens))
+    restart = (tokens == plus) | (tokens == equals) | (slot == 0)  # bos restarts too.
+    start = np.maximum.accumulate(np.where(restart, slot, 0))  # The segment's first slot.
+    return (slot - start + (tokens[start] == equals)).astype(np.int32)
 
 
 def layout_of(c):
@@ -106,6 +106,11 @@ def layout_of(c):
   if c.task == 'addition' and c.addition.format == 'aligned':
     return Layout(eos=False, positions='aligned', shift=c.addition.position_shift)
   return Layout()
+
+
+def operands_of_length(digits):
+  """How many numbers have this many digits (0-9 count as one digit)."""
+  return 10 if digits == 1 else 9 * 10 ** (digits - 1)
 
 
 def random_operand(rng, digits):
@@ -141,12 +146,11 @@ def addition_splits(min_digits, max_digits, num_train, num_validation, num_test,
   rng = np.random.default_rng(seed)
   splits, held_out = {}, set()
   for n in test_digits:
-    per_operand = 10 if n == 1 else 9 * 10 ** (n - 1)
-    count = min(num_test, per_operand ** 2 // 2)
+    count = min(num_test, operands_of_length(n) ** 2 // 2)
     splits[f'test_{n}'] = distinct_pairs(rng, count, lambda n=n: (n, n), held_out)
     held_out.update(splits[f'test_{n}'])
   lengths = lambda: tuple(rng.integers(min_digits, max_digits + 1, size=2))
-  capacity = sum(10 if d == 1 else 9 * 10 ** (d - 1) for d in range(min_digits, max_digits + 1))
+  capacity = sum(operands_of_length(d) for d in range(min_digits, max_digits + 1))
   free = capacity ** 2 - len(held_out)  # Problems neither a test nor (yet) validation.
   if num_validation >= free:
     raise ValueError(f'{num_validation} distinct validation problems requested but operands of '

@@ -13,11 +13,8 @@ score, sources and whether it is correct), `selection.json`, the round's trainin
 and `report.json` (its row). A rerun skips finished rounds and resumes an unfinished one where
 it stopped. The report (`rounds.csv`, `rounds.md`, `accuracy.png`) is rewritten after each round.
 """
-import csv
 import dataclasses
-import importlib
 import json
-import math
 import os
 import time
 
@@ -29,99 +26,12 @@ from jax.experimental import multihost_utils
 from selffb import data
 from selffb import modes
 from selffb import optim
+from selffb import report
 from selffb import sampling
+from selffb import scoring
 from selffb import train
 from selffb import validate
 from selffb import lock
-
-SOURCES = ('confidence_mean', 'confidence_min', 'vote', 'format', 'verifier', 'rating')
-
-
-# ---- Scoring and selection: pure functions of candidate lists. ----
-
-def normalize_weights(weights):
-  """{source: w} -> the non-zero weights scaled to sum to 1; names and signs checked."""
-  unknown = sorted(set(weights) - set(SOURCES))
-  if unknown:
-    raise ValueError(f'config.selftrain.weights: unknown source(s) {unknown}; known: {SOURCES}.')
-  if any(w < 0 for w in weights.values()):
-    raise ValueError(f'config.selftrain.weights={weights} must be >= 0.')
-  total = sum(weights.values())
-  if total <= 0:
-    raise ValueError('config.selftrain.weights are all 0; give at least one source a weight.')
-  return {k: w / total for k, w in weights.items() if w}
-
-
-def vote_shares(answers):
-  """For each of a prompt's k candidate answers, the share of the k that give the same answer."""
-  counts = {}
-  for a in answers:
-    counts[a] = counts.get(a, 0) + 1
-  return [counts[a] / len(answers) for a in answers]
-
-
-def fuse(scores, weights):
-  """Q = sum_i w_i f_i over the normalised weights; `scores` maps every weighted source."""
-  return sum(w * scores[k] for k, w in weights.items())
-
-
-def select(groups, theta, top_fraction=1.0):
-  """Per prompt (a list of candidates, each a dict with 'q'), the candidate with the highest Q
-  (the first on a tie) if Q >= theta; then, if top_fraction < 1, only the top share of those
-  prompts by Q (ceil, ties kept in prompt order). Returns the kept candidates in prompt order."""
-  best = [max(g, key=lambda c: c['q']) for g in groups if g]
-  best = [c for c in best if c['q'] >= theta]
-  if top_fraction < 1:
-    n = math.ceil(top_fraction * len(best))
-    order = sorted(range(len(best)), key=lambda i: -best[i]['q'])[:n]
-    best = [best[i] for i in sorted(order)]
-  return best
-
-
-def label_precision(kept):
-  """The share of kept samples that are correct (None when nothing was kept)."""
-  return sum(c['correct'] for c in kept) / len(kept) if kept else None
-
-
-# ---- Verifiers and ratings. ----
-
-def resolve_verifier(name, layout):
-  """'addition' (exact check of the built-in task), '' (none), or 'module:function' taking
-  (prompt, answer) strings and returning a bool."""
-  if name == 'addition':
-    aligned = layout.positions == 'aligned'
-    return lambda prompt, answer: answer == data.addition_answer(prompt, aligned)
-  if not name:
-    return None
-  module, _, fn = name.partition(':')
-  try:
-    return getattr(importlib.import_module(module), fn)
-  except (ImportError, AttributeError, ValueError) as e:
-    raise ValueError(f"config.selftrain.verifier={name!r} cannot be loaded ({e}); use 'addition' "
-                     "or 'package.module:function'.") from None
-
-
-def load_ratings(path):
-  """{(prompt, answer): rating} from a JSON-lines file; a bad line is an error naming it."""
-  if not path:
-    return {}
-  ratings = {}
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        r = json.loads(line)
-        rating = float(r['rating'])
-        if not (isinstance(r['prompt'], str) and isinstance(r['answer'], str)
-                and 0 <= rating <= 1):
-          raise ValueError('prompt and answer must be strings and rating in [0, 1]')
-      except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f'{path} line {n}: {e!r}; each line must be {{"prompt": str, '
-                         '"answer": str, "rating": number in [0, 1]}.') from None
-      ratings[(r['prompt'], r['answer'])] = rating
-  return ratings
-
 
 # ---- Data. ----
 
@@ -176,9 +86,7 @@ def to_record(prompt, answer, digits):
 
 def draw_problems(rng, digits, count, exclude):
   """`count` distinct (a, b) with the longer operand `digits` long, none in `exclude`."""
-  low = lambda d: 0 if d == 1 else 10 ** (d - 1)
-  capacity = (10 ** digits - low(digits)) * 10 ** digits
-  if count > capacity // 2:
+  if count > data.operands_of_length(digits) * 10 ** digits // 2:
     raise ValueError(f'{count} problems of {digits} digits requested; lower '
                      'config.selftrain.prompts_per_round.')
   pairs = set()
@@ -191,23 +99,21 @@ def draw_problems(rng, digits, count, exclude):
   return sorted(pairs)
 
 
-def _write_json(path, obj):
+def _write(path, text):
+  """Process 0 writes path atomically (a temporary file renamed over it)."""
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    with open(path + '.tmp', 'w') as f:
+      f.write(text)
+    os.replace(path + '.tmp', path)
+
+
+def _write_json(path, obj):
+  _write(path, json.dumps(obj, indent=2))
 
 
 def _write_jsonl(path, rows):
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      for row in rows:
-        f.write(json.dumps(row) + '\n')
-    os.replace(tmp, path)
+  _write(path, ''.join(json.dumps(row) + '\n' for row in rows))
 
 
 def _read_jsonl(path):
@@ -225,6 +131,7 @@ class _Run:
   signals: train.StopSignals
   val: dict  # {digits: ListSource}
   tests: dict  # {digits: source}
+  held_out: set  # (a, b) of every test and validation problem: never a round's prompt.
   weights: dict
   verifier: object
   ratings: dict
@@ -247,10 +154,8 @@ def _sample_round(run, params, r, digits):
   """Draws, samples, scores and selects round r's self-labelled data; returns its summary."""
   s, st = run.s, run.s.config.selftrain
   tok, layout = s.tokenizer, s.layout
-  exclude = {p for src in list(run.val.values()) + list(run.tests.values())
-             for p in _pairs(src)}
   problems = draw_problems(np.random.default_rng([s.config.seed, r]), digits,
-                           st.prompts_per_round, exclude)
+                           st.prompts_per_round, run.held_out)
   aligned = layout.positions == 'aligned'
   texts = [data.addition_example(a, b, aligned)['prompt'] for a, b in problems]
   k = st.samples_per_prompt
@@ -261,53 +166,35 @@ def _sample_round(run, params, r, digits):
   prompt_len = sampling.bucket(max(len(p) for p in prompts))
   bs = s.config.data.eval_batch_size
   flat = [p for p in prompts for _ in range(k)]
+  ids = [layout.position_ids(p, tok) for p in prompts for _ in range(k)]
+  fill = lambda xs: xs + [xs[0]] * (bs - len(xs))  # One shape: one compile.
   outs = []
   for start in range(0, len(flat), bs):
-    chunk = flat[start:start + bs]
-    chunk = chunk + [chunk[0]] * (bs - len(chunk))
-    got = sampling.generate(params, chunk, cfg=s.model_cfg, sp=sp, eos_id=tok.eos_id,
-                            pad_id=tok.pad_id, seed=hash_seed(s.config.seed, r, start),
-                            mesh=s.mesh, prompt_len=prompt_len,
-                            positions=[layout.position_ids(p, tok) for p in chunk])
+    got = sampling.generate(params, fill(flat[start:start + bs]), cfg=s.model_cfg, sp=sp,
+                            eos_id=tok.eos_id, pad_id=tok.pad_id,
+                            seed=hash_seed(s.config.seed, r, start), mesh=s.mesh,
+                            prompt_len=prompt_len, positions=fill(ids[start:start + bs]))
     outs.extend(got[:len(flat) - start])
   groups = []
   for i, text in enumerate(texts):
-    cands = [_candidate(tokens, logprobs, digits, layout, tok)
+    cands = [scoring.candidate(tokens, logprobs, digits, layout, tok)
              for tokens, logprobs in outs[i * k:(i + 1) * k]]
-    for c, share in zip(cands, vote_shares([c['answer'] for c in cands])):
+    for c, share in zip(cands, scoring.vote_shares([c['answer'] for c in cands])):
       c['vote'] = share
       c['verifier'] = float(bool(run.verifier(text, c['answer']))) if run.verifier else 0.0
       c['rating'] = run.ratings.get((text, c['answer']), 0.0)
-      c['q'] = fuse(c, run.weights)
+      c['q'] = scoring.fuse(c, run.weights)
       c['correct'] = c['answer'] == data.addition_answer(text, aligned)
       c['prompt'] = text
     groups.append(cands)
-  kept = select(groups, st.theta, st.keep_top_fraction)
+  kept = scoring.select(groups, st.theta, st.keep_top_fraction)
   every = [c for g in groups for c in g]
   summary = {'digits': digits, 'prompts': len(texts), 'generated': len(every),
-             'kept': len(kept), 'label_precision': label_precision(kept),
+             'kept': len(kept), 'label_precision': scoring.label_precision(kept),
              'candidate_accuracy': sum(c['correct'] for c in every) / len(every)}
   rows = [{'prompt': c['prompt'], 'answer': c['answer'], 'digits': digits, 'q': c['q'],
-           'correct': c['correct'], 'scores': {k: c[k] for k in SOURCES}} for c in kept]
+           'correct': c['correct'], 'scores': {k: c[k] for k in scoring.SOURCES}} for c in kept]
   return summary, rows
-
-
-def _candidate(tokens, logprobs, digits, layout, tok):
-  """A sampled continuation -> its answer text and the sources read off the sample itself."""
-  answer_len = digits + 1
-  if not layout.eos:  # Fixed-length answers: the model stops by length.
-    tokens, logprobs = tokens[:answer_len], logprobs[:answer_len]
-  answer = tok.decode(tokens)
-  probs = np.exp(logprobs)
-  if layout.eos:  # Ended with eos; n or n + 1 digits, no leading (reversed: trailing) zero.
-    ended = len(tokens) > 0 and tokens[-1] == tok.eos_id
-    right_form = ended and len(answer) in (digits, answer_len) and (
-        answer == '0' or answer[-1] != '0')
-  else:
-    right_form = len(answer) == answer_len
-  return {'answer': answer, 'confidence_mean': float(probs.mean()),
-          'confidence_min': float(probs.min()),
-          'format': float(bool(right_form) and answer.isdigit() and answer.isascii())}
 
 
 def hash_seed(*parts):
@@ -339,11 +226,10 @@ def _round_config(config, r, steps):
 def _train_round(run, directory, config, self_records, init_params):
   """Trains one round in `directory` (resuming it); returns (summary, params)."""
   s = run.s
-  source = mix(s.splits['train'], [to_record(r['prompt'], r['answer'], r['digits'])
-                                   for r in self_records],
-               config.selftrain.mix, config.selftrain.max_self_examples)
-  seq_len = max(s.seq_len, max((data.example_length(to_record(r['prompt'], r['answer'], 0))
-                                for r in self_records), default=0))
+  records = [to_record(r['prompt'], r['answer'], r['digits']) for r in self_records]
+  source = mix(s.splits['train'], records, config.selftrain.mix,
+               config.selftrain.max_self_examples)
+  seq_len = max([s.seq_len] + [data.example_length(r) for r in records])
   if seq_len > config.model.max_len:
     raise validate.ConfigError(f'round data needs {seq_len} tokens but config.model.max_len='
                                f'{config.model.max_len}; raise it.')
@@ -352,6 +238,17 @@ def _train_round(run, directory, config, self_records, init_params):
                            tx=optim.make_optimizer(config.optim, config.train.num_steps))
   return train.train_loop(rs, directory, run.signals, init_params=init_params,
                           final_report=False, keep_best=False)
+
+
+def _fit_round(run, directory, r, self_records, params, head, t0):
+  """Trains round r on the training set plus self_records, then evaluates it; returns
+  (row, params), or (None, None) when a signal stopped the training."""
+  config = _round_config(run.s.config, r, run.s.config.selftrain.steps_per_round)
+  summary, params = _train_round(run, directory, config, self_records, params)
+  if 'stopped_by' in summary:
+    return None, None
+  return {**head, 'steps': summary['steps'], **_evaluate(run, params),
+          'wall_s': time.time() - t0}, params
 
 
 def _restore_params(run, directory):
@@ -366,20 +263,20 @@ def run_selftrain(config, workdir):
   if config.data.task != 'addition':
     raise validate.ConfigError("--mode=selftrain draws its problems from the built-in task: "
                                "set config.data.task='addition'.")
-  weights = normalize_weights(st.weights.to_dict())
-  verifier = resolve_verifier(st.verifier, s.layout)
+  weights = scoring.normalize_weights(st.weights.to_dict())
+  verifier = scoring.resolve_verifier(st.verifier, s.layout)
   if weights.get('verifier') and verifier is None:
     raise validate.ConfigError('config.selftrain.weights.verifier > 0 but config.selftrain.'
                                'verifier is empty; name one.')
-  ratings = load_ratings(st.ratings_file)
+  ratings = scoring.load_ratings(st.ratings_file)
   tests = {int(k[len('test_'):]): v for k, v in s.splits.items() if k.startswith('test_')}
-  held = {p for t in tests.values() for p in _pairs(t)}
+  test_pairs = {n: _pairs(t) for n, t in tests.items()}
+  held = {p for pairs in test_pairs.values() for p in pairs}
   aligned = s.layout.positions == 'aligned'
   val = {}
   for n in sorted(tests):
     rng = np.random.default_rng([config.seed, 7919, n])
-    per_operand = 10 if n == 1 else 9 * 10 ** (n - 1)
-    count = min(st.val_per_length, (per_operand ** 2 - len(_pairs(tests[n]))) // 2)
+    count = min(st.val_per_length, (data.operands_of_length(n) ** 2 - len(test_pairs[n])) // 2)
     pairs = data.distinct_pairs(rng, count, lambda n=n: (n, n), held)
     held.update(pairs)
     val[n] = ListSource([to_record(**data.addition_example(a, b, aligned), digits=n)
@@ -387,8 +284,8 @@ def run_selftrain(config, workdir):
   handle = lock.acquire(workdir) if jax.process_index() == 0 else None
   try:
     with train.StopSignals() as signals:
-      run = _Run(s=s, workdir=workdir, signals=signals, val=val, tests=tests, weights=weights,
-                 verifier=verifier, ratings=ratings)
+      run = _Run(s=s, workdir=workdir, signals=signals, val=val, tests=tests, held_out=held,
+                 weights=weights, verifier=verifier, ratings=ratings)
       return _rounds(run)
   finally:
     if handle is not None:
@@ -404,7 +301,7 @@ def _rounds(run):
   def finish(directory, row, params):
     _write_json(os.path.join(directory, 'report.json'), row)
     rows.append(row)
-    write_report(workdir, rows)
+    report.write(workdir, rows)
     logging.info('%s round %d done: %s', row['run'], row['round'], _brief(row))
     return params
 
@@ -465,17 +362,15 @@ def _rounds(run):
         _write_jsonl(kept_path, kept)
         logging.info('round %d: %d-digit prompts %d, candidates %d, kept %d, label precision '
                      '%s', r, digits, selection['prompts'], selection['generated'],
-                     selection['kept'], _pct(selection['label_precision']))
+                     selection['kept'], report.pct(selection['label_precision']))
         if not kept:
           logging.warning('round %d kept nothing (theta=%s): it trains on the original data '
                           'and earlier rounds\' samples only.', r, st.theta)
       kept_all += kept
-      config = _round_config(s.config, r, st.steps_per_round)
-      summary, params = _train_round(run, directory, config, kept_all, params)
-      if 'stopped_by' in summary:
+      row, params = _fit_round(run, directory, r, kept_all, params,
+                               {'run': 'self', 'round': r, **selection}, t0)
+      if row is None:
         return None
-      row = {'run': 'self', 'round': r, **selection, 'steps': summary['steps'],
-             **_evaluate(run, params), 'wall_s': time.time() - t0}
       params = finish(directory, row, params)
     last = r
     row = rows[-1]
@@ -501,17 +396,14 @@ def _rounds(run):
       if params is None:
         prev = os.path.join(workdir, 'control', f'r{r - 1:02d}') if r > 1 else base_dir
         params = _restore_params(run, prev)
-      t0 = time.time()
-      config = _round_config(s.config, r, st.steps_per_round)
-      summary, params = _train_round(run, directory, config, [], params)
-      if 'stopped_by' in summary:
+      head = {'run': 'control', 'round': r, 'digits': _train_range(s.config)}
+      row, params = _fit_round(run, directory, r, [], params, head, time.time())
+      if row is None:
         return None
-      row = {'run': 'control', 'round': r, 'digits': _train_range(s.config),
-             'steps': summary['steps'], **_evaluate(run, params), 'wall_s': time.time() - t0}
       params = finish(directory, row, params)
-  write_report(workdir, rows)
+  report.write(workdir, rows)
   logging.info('self-training report: %s\n%s', os.path.join(workdir, 'rounds.md'),
-               markdown(rows))
+               report.markdown(rows))
   return rows
 
 
@@ -520,93 +412,6 @@ def _train_range(config):
   return f'{a.min_digits}-{a.max_digits}'
 
 
-def _pct(x):
-  return '-' if x is None else f'{100 * x:.1f}%'
-
-
 def _brief(row):
   test = ' '.join(f'{k}:{100 * v:.0f}' for k, v in row['test'].items())
-  return f"val exact {_pct(row['val_exact'])}; test exact % by digits {test}"
-
-
-# ---- The report. ----
-
-def _columns(rows):
-  lengths = sorted({int(k) for row in rows for k in row['test']})
-  return ['run', 'round', 'digits', 'prompts', 'generated', 'kept', 'label_precision',
-          'candidate_accuracy', 'before', 'after', 'steps', 'val_exact'] + [
-              f'acc_{n}' for n in lengths] + ['wall_s']
-
-
-def _flat_rows(rows):
-  """Rows with acc_<n> columns, and test accuracy at the round's digits before and after it
-  (before: the previous round of the same run, round 0 for the first)."""
-  out, last = [], {}
-  for row in rows:
-    flat = dict(row)
-    flat.update({f'acc_{k}': v for k, v in row['test'].items()})
-    prev = last.get(row['run'], last.get('self'))
-    d = str(row['digits'])
-    if prev is not None and d in row['test']:
-      flat['before'], flat['after'] = prev['test'][d], row['test'][d]
-    last[row['run']] = row
-    out.append(flat)
-  return out
-
-
-def markdown(rows):
-  """The report as a markdown table; test exact match in %, one column per length."""
-  cols = _columns(rows)
-  head = [c.replace('acc_', '') + ('d' if c.startswith('acc_') else '') for c in cols]
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(cols)]
-  for flat in _flat_rows(rows):
-    cells = []
-    for c in cols:
-      v = flat.get(c, '')
-      if c.startswith('acc_') or c in ('label_precision', 'candidate_accuracy', 'val_exact',
-                                       'before', 'after'):
-        v = _pct(v) if v != '' else ''
-      elif c == 'wall_s':
-        v = f'{v:.0f}'
-      cells.append(str(v))
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
-
-
-def write_report(workdir, rows):
-  """rounds.csv, rounds.md and accuracy.png (test exact match against digits, a line a round)."""
-  if jax.process_index() != 0 or not rows:
-    return
-  cols = _columns(rows)
-  with open(os.path.join(workdir, 'rounds.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, cols, extrasaction='ignore')
-    writer.writeheader()
-    for flat in _flat_rows(rows):
-      writer.writerow(flat)
-  with open(os.path.join(workdir, 'rounds.md'), 'w') as f:
-    f.write('Greedy exact match (%) on held-out test problems per operand length (1d, 2d, ...) '
-            'after each round; before/after: at the digits the round prompted. label_precision: '
-            'share of kept samples that are correct (exact check, whatever the filter). '
-            'candidate_accuracy: share of all sampled candidates that are correct.\n\n')
-    f.write(markdown(rows) + '\n')
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  low, high = (int(x) for x in str(rows[0]['digits']).split('-'))
-  ax.axvspan(low - 0.5, high + 0.5, color='0.9', label='training lengths')
-  for row in rows:
-    xs = [int(k) for k in row['test']]
-    control = row['run'] == 'control'
-    if control and row['round'] != max(r['round'] for r in rows if r['run'] == 'control'):
-      continue
-    ax.plot(xs, [100 * v for v in row['test'].values()], 'k--' if control else '-o',
-            label=f"control after {row['round']} rounds" if control else f"round {row['round']}")
-  ax.set_xlabel('operand digits')
-  ax.set_ylabel('greedy exact match (%)')
-  ax.set_ylim(-2, 102)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, 'accuracy.png'), dpi=100)
-  plt.close(fig)
+  return f"val exact {report.pct(row['val_exact'])}; test exact % by digits {test}"

@@ -133,6 +133,8 @@ def greedy_exact_match(params, sources, tokenizer, cfg, batch_size, mesh=None,
   records = {name: list(data.read_all(src)) for name, src in sources.items()}
   prompts = {name: [tokenizer.encode_prompt(r['prompt']) for r in rs]
              for name, rs in records.items()}
+  positions = {name: [layout.position_ids(p, tokenizer) for p in ps]
+               for name, ps in prompts.items()}
   prompt_len = sampling.bucket(max(len(p) for ps in prompts.values() for p in ps))
   sp = sampling.SamplingParams(max_new_tokens=layout.eos + max(
       len(r['answer']) for rs in records.values() for r in rs))
@@ -140,11 +142,11 @@ def greedy_exact_match(params, sources, tokenizer, cfg, batch_size, mesh=None,
   for name, rs in records.items():
     correct = 0
     for start in range(0, len(rs), batch_size):
-      chunk = prompts[name][start:start + batch_size]
-      chunk = chunk + [chunk[0]] * (batch_size - len(chunk))
-      outs = sampling.generate(params, chunk, cfg=cfg, sp=sp, eos_id=tokenizer.eos_id,
-                               pad_id=tokenizer.pad_id, mesh=mesh, prompt_len=prompt_len,
-                               positions=[layout.position_ids(p, tokenizer) for p in chunk])
+      fill = lambda xs: xs + [xs[0]] * (batch_size - len(xs))  # One shape: one compile.
+      outs = sampling.generate(params, fill(prompts[name][start:start + batch_size]), cfg=cfg,
+                               sp=sp, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                               mesh=mesh, prompt_len=prompt_len,
+                               positions=fill(positions[name][start:start + batch_size]))
       for r, (tokens, _) in zip(rs[start:start + batch_size], outs):
         answer = r['answer'].decode()
         if layout.eos:

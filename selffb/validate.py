@@ -10,6 +10,7 @@ from selffb import feedback
 from selffb import model as model_lib
 from selffb import optim
 from selffb import sampling
+from selffb import scoring
 from selffb import sharding
 
 
@@ -105,7 +106,6 @@ def problems(config, num_devices):
 
 def selftrain_problems(st):
   """Problems of config.selftrain (read by --mode=selftrain only, checked always)."""
-  from selffb import selftrain  # pylint: disable=g-import-not-at-top
   found = []
 
   def need(ok, message):
@@ -113,7 +113,7 @@ def selftrain_problems(st):
       found.append(message)
 
   try:
-    selftrain.normalize_weights(st.weights.to_dict())
+    scoring.normalize_weights(st.weights.to_dict())
   except ValueError as e:
     found.append(str(e))
   for key in ('prompts_per_round', 'samples_per_prompt', 'steps_per_round', 'val_per_length'):

@@ -8,6 +8,7 @@ import pytest
 from configs import tiny
 from selffb import data
 from selffb import modes
+from selffb import scoring
 from selffb import selftrain
 from selffb import train
 from selffb import validate
@@ -20,35 +21,35 @@ def cand(answer, q, correct=True, prompt='p'):
 
 
 def test_vote_shares_are_the_share_of_identical_answers():
-  assert selftrain.vote_shares(['12', '12', '13', '12']) == [0.75, 0.75, 0.25, 0.75]
-  assert selftrain.vote_shares(['7']) == [1.0]
-  assert selftrain.vote_shares(['1', '2', '3', '1', '2']) == [0.4, 0.4, 0.2, 0.4, 0.4]
+  assert scoring.vote_shares(['12', '12', '13', '12']) == [0.75, 0.75, 0.25, 0.75]
+  assert scoring.vote_shares(['7']) == [1.0]
+  assert scoring.vote_shares(['1', '2', '3', '1', '2']) == [0.4, 0.4, 0.2, 0.4, 0.4]
 
 
 def test_majority_vote_keeps_the_most_common_answer():
   answers = ['561', '561', '560', '561', '999']
-  shares = selftrain.vote_shares(answers)
-  weights = selftrain.normalize_weights({'vote': 1.0})
-  group = [dict(cand(a, selftrain.fuse({'vote': v}, weights)), vote=v)
+  shares = scoring.vote_shares(answers)
+  weights = scoring.normalize_weights({'vote': 1.0})
+  group = [dict(cand(a, scoring.fuse({'vote': v}, weights)), vote=v)
            for a, v in zip(answers, shares)]
-  kept = selftrain.select([group], theta=0.5)
+  kept = scoring.select([group], theta=0.5)
   assert [c['answer'] for c in kept] == ['561']
   assert kept[0]['q'] == pytest.approx(0.6)
-  assert selftrain.select([group], theta=0.61) == []  # 3 of 5 is below a 0.61 vote.
+  assert scoring.select([group], theta=0.61) == []  # 3 of 5 is below a 0.61 vote.
 
 
 def test_fused_score_is_the_normalised_weighted_sum():
-  weights = selftrain.normalize_weights({'confidence_mean': 1.0, 'verifier': 3.0, 'vote': 0.0})
+  weights = scoring.normalize_weights({'confidence_mean': 1.0, 'verifier': 3.0, 'vote': 0.0})
   assert weights == {'confidence_mean': 0.25, 'verifier': 0.75}
   scores = {'confidence_mean': 0.8, 'verifier': 1.0, 'vote': 0.2}
-  assert selftrain.fuse(scores, weights) == pytest.approx(0.25 * 0.8 + 0.75)
+  assert scoring.fuse(scores, weights) == pytest.approx(0.25 * 0.8 + 0.75)
 
 
 @pytest.mark.parametrize('weights, match', [
     ({'confidence': 1.0}, 'unknown source'), ({'vote': -1.0}, '>= 0'), ({'vote': 0.0}, 'all 0')])
 def test_bad_weights_are_named(weights, match):
   with pytest.raises(ValueError, match=match):
-    selftrain.normalize_weights(weights)
+    scoring.normalize_weights(weights)
 
 
 def test_select_best_per_prompt_then_threshold_then_top_fraction():
@@ -59,38 +60,38 @@ def test_select_best_per_prompt_then_threshold_then_top_fraction():
       [cand('g', 0.95)],
       [],
   ]
-  kept = selftrain.select(groups, theta=0.5)
+  kept = scoring.select(groups, theta=0.5)
   assert [c['answer'] for c in kept] == ['b', 'e', 'g']
-  assert selftrain.label_precision(kept) == pytest.approx(2 / 3)
-  top = selftrain.select(groups, theta=0.5, top_fraction=0.5)  # ceil(1.5) = 2, prompt order.
+  assert scoring.label_precision(kept) == pytest.approx(2 / 3)
+  top = scoring.select(groups, theta=0.5, top_fraction=0.5)  # ceil(1.5) = 2, prompt order.
   assert [c['answer'] for c in top] == ['b', 'g']
-  assert selftrain.label_precision(top) == 1.0
-  assert selftrain.label_precision([]) is None
+  assert scoring.label_precision(top) == 1.0
+  assert scoring.label_precision([]) is None
 
 
 def test_addition_verifier_plain_and_aligned():
-  plain = selftrain.resolve_verifier('addition', data.Layout())
+  plain = scoring.resolve_verifier('addition', data.Layout())
   assert plain('59+7=', '201') and not plain('59+7=', '2010') and not plain('59+7=', '200')
-  aligned = selftrain.resolve_verifier('addition', data.layout_of(_aligned_data()))
+  aligned = scoring.resolve_verifier('addition', data.layout_of(_aligned_data()))
   example = data.addition_example(95, 7, aligned=True)
   assert example == {'prompt': '590+700=', 'answer': '201'}
   assert aligned(example['prompt'], '201') and not aligned(example['prompt'], '200')
   assert data.addition_answer('9x+1=') is None and data.addition_answer('12+3') is None
-  assert selftrain.resolve_verifier('', data.Layout()) is None
-  custom = selftrain.resolve_verifier('operator:eq', data.Layout())
+  assert scoring.resolve_verifier('', data.Layout()) is None
+  custom = scoring.resolve_verifier('operator:eq', data.Layout())
   assert custom('1', '1') and not custom('1', '2')
   with pytest.raises(ValueError, match='selftrain.verifier'):
-    selftrain.resolve_verifier('nope.module:f', data.Layout())
+    scoring.resolve_verifier('nope.module:f', data.Layout())
 
 
 def test_ratings_file_is_read_and_bad_lines_named(tmp_path):
   good = tmp_path / 'r.jsonl'
   good.write_text('{"prompt": "1+1=", "answer": "2", "rating": 0.75}\n\n')
-  assert selftrain.load_ratings(str(good)) == {('1+1=', '2'): 0.75}
+  assert scoring.load_ratings(str(good)) == {('1+1=', '2'): 0.75}
   bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"prompt": "1+1=", "answer": "2", "rating": 0.5}\n{"prompt": "x", "rating": 2}\n')
   with pytest.raises(ValueError, match='bad.jsonl line 2'):
-    selftrain.load_ratings(str(bad))
+    scoring.load_ratings(str(bad))
 
 
 def test_mixed_source_repeats_self_records_to_the_share():
@@ -227,7 +228,7 @@ def test_two_rounds_end_to_end(uninterrupted, data_dir):
     assert row['kept'] == len(kept) == 24  # The top half of 48 prompts (theta 0).
     assert row['label_precision'] == pytest.approx(np.mean([k['correct'] for k in kept]))
     for k in kept:  # Sources, score and correctness are stored with every sample.
-      assert set(k['scores']) == set(selftrain.SOURCES)
+      assert set(k['scores']) == set(scoring.SOURCES)
       assert k['q'] == pytest.approx(0.5 * k['scores']['vote'] +
                                      0.5 * k['scores']['confidence_mean'])
       verdict = k['answer'] == data.addition_answer(k['prompt'], aligned=True)
@@ -283,7 +284,7 @@ def test_candidate_format_and_confidence():
 
   def score(text, end, digits, layout, probs):
     tokens = np.concatenate([tok.encode(text), end]).astype(np.int32)
-    return selftrain._candidate(tokens, np.log(np.asarray(probs)), digits, layout, tok)
+    return scoring.candidate(tokens, np.log(np.asarray(probs)), digits, layout, tok)
 
   plain = data.Layout()
   c = score('201', eos, 2, plain, [0.5, 1.0, 0.9, 0.6])
