@@ -17,22 +17,24 @@ SHARED_BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.
 
 
 def reference_config():
-  """4 layers, 4 heads, d_model 256, learned positions, LayerNorm, GELU, biases, tied, float32:
-  the yardstick's GPT-2 architecture."""
+  """4 layers, 4 heads, d_model 256, vocabulary 256, learned positions, LayerNorm, GELU, biases,
+  tied, float32: the yardstick's GPT-2 architecture; attention in query blocks of 128."""
   c = default.get_config()
-  c.model.update(num_layers=4, num_heads=4, d_model=256, mlp_dim=1024, positions='learned',
-                 max_len=256, norm='layernorm', mlp='gelu', tie_embeddings=True, use_bias=True)
+  c.model.update(vocab_size=256, num_layers=4, num_heads=4, d_model=256, mlp_dim=1024,
+                 positions='learned', max_len=256, norm='layernorm', mlp='gelu',
+                 tie_embeddings=True, use_bias=True, attention_block=128)
   c.mesh.data = 1
   return c
 
 
-def yardstick(script, *args):
-  """Runs a ../shared/bench script; its RESULT records by name, or None if it is absent."""
+def yardstick(script, *args, python=sys.executable):
+  """Runs a ../shared/bench script with `python`; its RESULT records by name, or None if it is
+  absent."""
   path = os.path.join(SHARED_BENCH, script)
   if not os.path.exists(path):
     print(f'yardstick {path} not found: no ratios against it')
     return None
-  out = subprocess.run([sys.executable, path, *map(str, args)], capture_output=True, text=True,
+  out = subprocess.run([python, path, *map(str, args)], capture_output=True, text=True,
                        cwd=SHARED_BENCH, check=True).stdout
   records = [json.loads(l[len('RESULT '):]) for l in out.splitlines() if l.startswith('RESULT ')]
   return {r['name']: r for r in records}

@@ -1,18 +1,22 @@
 """Train-step throughput and MFU of selffb, beside the plain-JAX yardstick.
 
     python bench/train_throughput.py [--steps 10] [--set model.dtype=bfloat16 ...]
-        [--out bench/results/train_throughput.json]
+        [--torch-python /path/to/venv/bin/python] [--out bench/results/train_throughput.json]
 
-Reference shape: 4 layers, 4 heads, d_model 256, seq 256, batch 16, byte vocabulary, float32.
+Reference shape: 4 layers, 4 heads, d_model 256, seq 256, batch 16, vocabulary 256, float32.
 selffb runs its real `train_step` (feedback loss, the full Optax chain) with learned positions,
 LayerNorm, GELU and tied embeddings, as the yardstick (../shared/bench/bench_jax_train.py, plain
-JAX + optax) has; both run in this one session and the ratio is printed and saved. `--set`
-overrides any key of that config. MFU = (6 N B T + 12 L d T^2 B) / step time / peak, with N
+JAX + optax) has; both run in this one session and the ratio is printed and saved. With
+`--torch-python` (an interpreter with torch and transformers, never a selffb dependency) the
+PyTorch peers run too: Hugging Face GPT2LMHeadModel, and nanoGPT's GPT when its model.py is at
+$PEER_DIR/nanogpt_model.py (default ~/.cache/selffb-peers), both eager. `--set` overrides any key of the
+config. MFU = (6 N B T + 12 L d T^2 B) / step time / peak, with N
 without position embeddings and the peak measured here by a 2048^2 float32 matmul.
 """
 import argparse
 import ast
 import itertools
+import os
 import time
 
 import common  # pylint: disable=g-bad-import-order
@@ -97,6 +101,8 @@ def main():
   ap.add_argument('--steps', type=int, default=10)
   ap.add_argument('--warmup', type=int, default=3)
   ap.add_argument('--set', action='append', default=[], help='config override key=value')
+  ap.add_argument('--torch-python', default='',
+                  help='python with torch + transformers: also time the PyTorch peer')
   ap.add_argument('--out', default='bench/results/train_throughput.json')
   args = ap.parse_args()
   peak = peak_flops()
@@ -106,13 +112,26 @@ def main():
   yard = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup', args.warmup,
                           '--peak-gflops', peak / 1e9)
   base = yard and yard['jax_ref_train']
-  common.table(results + ([base] if base else []), base)
-  for r in results + ([base] if base else []):
+  peers = [base] if base else []
+  nanogpt = os.path.join(os.environ.get('PEER_DIR', os.path.expanduser('~/.cache/selffb-peers')),
+                         'nanogpt_model.py')
+  for impl in ('hf', 'nanogpt') if args.torch_python else ():
+    if impl == 'nanogpt' and not os.path.exists(nanogpt):
+      print(f'no nanoGPT model file at {nanogpt} (set PEER_DIR): skipping that peer')
+      continue
+    torch = common.yardstick('bench_torch_train.py', '--impl', impl, '--steps', args.steps,
+                             '--warmup', args.warmup, '--peak-gflops', peak / 1e9,
+                             python=args.torch_python)
+    peers += list(torch.values()) if torch else []
+  for p in peers:
+    p.setdefault('mfu_pct', 100 * p['model_gflop_per_call'] * 1e9 / p['median_s'] / peak)
+  common.table(results + peers, base)
+  for r in results + peers:
     print(f'{r["name"]}: MFU {r["mfu_pct"]:.1f}%')
   common.write_report(args.out, peak_gflops=peak / 1e9, overrides=args.set, selffb=results,
-                      yardstick=base, ratio_vs_yardstick={
-                          r['name']: r['tokens_per_s'] / base['tokens_per_s'] for r in results}
-                      if base else None)
+                      yardstick=base, peers=peers, ratios={
+                          r['name']: {p['name']: r['tokens_per_s'] / p['tokens_per_s']
+                                      for p in peers} for r in results})
 
 
 if __name__ == '__main__':

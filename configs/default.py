@@ -31,6 +31,7 @@ def get_config(arg=None):
   c.model.remat = 'none'  # Recompute blocks in the backward pass: 'none', 'full', 'dots', 'dots_no_batch'.
   c.model.scan_layers = False  # nn.scan over blocks (compiles once; unrolled ran faster on a CPU).
   c.model.attention = 'einsum'  # 'einsum', or 'dot_product' (jax.nn.dot_product_attention; cuDNN on GPUs).
+  c.model.attention_block = 128  # einsum, no cache: query blocks this long skip the keys after them; 0 = one block.
 
   c.data = ml_collections.ConfigDict()
   c.data.task = 'addition'  # 'addition' (built-in reversed addition) or 'text' (local files).

@@ -44,6 +44,7 @@ class ModelConfig:
   dtype: Any = jnp.float32
   remat: str = 'none'
   attention: str = 'einsum'
+  attention_block: int = 128
   scan_layers: bool = False
   deterministic: bool = True  # Training mode is `.replace(deterministic=False)`.
 
@@ -59,6 +60,9 @@ class ModelConfig:
     if c.d_model % c.num_heads:
       raise ValueError(f'config.model.d_model={c.d_model} is not divisible by '
                        f'num_heads={c.num_heads}.')
+    if c.attention_block < 0:
+      raise ValueError(f'config.model.attention_block={c.attention_block}; use 0 (one block) or '
+                       'a positive query block length.')
     if c.positions == 'rope' and (c.d_model // c.num_heads) % 2:
       raise ValueError('RoPE needs an even head dimension (d_model / num_heads).')
     fields = {f.name for f in dataclasses.fields(cls)} - {'deterministic'}
@@ -119,6 +123,20 @@ def _norm(cfg, name):
                       bias_init=bias, name=name)
 
 
+def _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS, cfg):
+  """Softmax attention, normalised after the value product: dividing the [T, D] output by the
+  row sums, not the [T, S] weights, saves a pass over the scores forward and backward."""
+  scores_BxHxTxS = jnp.einsum('bhtd,bhsd->bhts', q_BxHxTxD, k_BxHxSxD,
+                              preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim)
+  scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, _NEG_INF)
+  # The max only keeps exp in range; the result does not depend on it.
+  top_BxHxTx1 = jax.lax.stop_gradient(scores_BxHxTxS.max(axis=-1, keepdims=True))
+  weights_BxHxTxS = jnp.exp(scores_BxHxTxS - top_BxHxTx1)
+  out_BxHxTxD = jnp.einsum('bhts,bhsd->bhtd', weights_BxHxTxS.astype(cfg.dtype), v_BxHxSxD,
+                           preferred_element_type=jnp.float32)
+  return (out_BxHxTxD / weights_BxHxTxS.sum(axis=-1, keepdims=True)).astype(cfg.dtype)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
 
@@ -152,11 +170,16 @@ class Attention(nn.Module):
           q_BxTxHxD, jnp.swapaxes(k_BxHxSxD, 1, 2), jnp.swapaxes(v_BxHxSxD, 1, 2),
           mask=mask_Bx1xTxS)
     else:
-      scores_BxHxTxS = jnp.einsum('bhtd,bhsd->bhts', q_BxHxTxD, k_BxHxSxD,
-                                  preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim)
-      scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, _NEG_INF)
-      probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(cfg.dtype)
-      out_BxTxHxD = jnp.swapaxes(jnp.einsum('bhts,bhsd->bhtd', probs_BxHxTxS, v_BxHxSxD), 1, 2)
+      # Query blocks: with no cache (slot = position in the sequence) a block's queries see only
+      # the keys up to its end, so the score blocks above the diagonal are never computed.
+      block = cfg.attention_block if layer_cache is None and cfg.attention_block else t
+      outs = []
+      for i in range(0, t, block):
+        end = length if layer_cache is not None else min(i + block, t)
+        outs.append(_attend(q_BxHxTxD[:, :, i:i + block], k_BxHxSxD[:, :, :end],
+                            v_BxHxSxD[:, :, :end], mask_Bx1xTxS[:, :, i:i + block, :end], cfg))
+      out_BxHxTxD = jnp.concatenate(outs, axis=2)
+      out_BxTxHxD = jnp.swapaxes(out_BxHxTxD, 1, 2)
     out_BxTxE = _dense(cfg, cfg.d_model, ('heads', 'head_dim', 'embed'), 'out',
                        in_axis=(-2, -1))(out_BxTxHxD)
     return out_BxTxE, layer_cache
