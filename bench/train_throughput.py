@@ -123,8 +123,6 @@ def main():
                              '--warmup', args.warmup, '--peak-gflops', peak / 1e9,
                              python=args.torch_python)
     peers += list(torch.values()) if torch else []
-  for p in peers:
-    p.setdefault('mfu_pct', 100 * p['model_gflop_per_call'] * 1e9 / p['median_s'] / peak)
   common.table(results + peers, base)
   for r in results + peers:
     print(f'{r["name"]}: MFU {r["mfu_pct"]:.1f}%')

@@ -138,11 +138,11 @@ def greedy_exact_match(params, sources, tokenizer, cfg, batch_size, mesh=None,
   prompt_len = sampling.bucket(max(len(p) for ps in prompts.values() for p in ps))
   sp = sampling.SamplingParams(max_new_tokens=layout.eos + max(
       len(r['answer']) for rs in records.values() for r in rs))
+  fill = lambda xs: xs + [xs[0]] * (batch_size - len(xs))  # One shape: one compile.
   results = {}
   for name, rs in records.items():
     correct = 0
     for start in range(0, len(rs), batch_size):
-      fill = lambda xs: xs + [xs[0]] * (batch_size - len(xs))  # One shape: one compile.
       outs = sampling.generate(params, fill(prompts[name][start:start + batch_size]), cfg=cfg,
                                sp=sp, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                mesh=mesh, prompt_len=prompt_len,
