@@ -12,6 +12,8 @@ PyTorch peers run too: Hugging Face GPT2LMHeadModel, and nanoGPT's GPT when its 
 $PEER_DIR/nanogpt_model.py (default ~/.cache/selffb-peers), both eager. `--set` overrides any key of the
 config. MFU = (6 N B T + 12 L d T^2 B) / step time / peak, with N
 without position embeddings and the peak measured here by a 2048^2 float32 matmul.
+selffb and the peak run with selffb's XLA:CPU flags (selffb/xla_flags.py), as launch.py does;
+the yardstick runs as plain JAX (XLA defaults) and, when flags were added, once more with them.
 """
 import argparse
 import ast
@@ -106,13 +108,19 @@ def main():
   ap.add_argument('--out', default='bench/results/train_throughput.json')
   args = ap.parse_args()
   peak = peak_flops()
-  print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s')
+  print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s; XLA_FLAGS added by selffb: '
+        f'{common.XLA_FLAGS_ADDED or "none"}')
   results = [time_selffb(config_with(loss, args.set), args.steps, args.warmup, peak)
              for loss in ('ce', 'one_minus')]
   yard = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup', args.warmup,
                           '--peak-gflops', peak / 1e9)
   base = yard and yard['jax_ref_train']
   peers = [base] if base else []
+  if base and common.XLA_FLAGS_ADDED:  # The same yardstick with selffb's XLA flags.
+    tuned = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup',
+                             args.warmup, '--peak-gflops', peak / 1e9,
+                             xla_flags=os.environ['XLA_FLAGS'])['jax_ref_train']
+    peers.append(dict(tuned, name='jax_ref_train+selffb_xla_flags'))
   nanogpt = os.path.join(os.environ.get('PEER_DIR', os.path.expanduser('~/.cache/selffb-peers')),
                          'nanogpt_model.py')
   for impl in ('hf', 'nanogpt') if args.torch_python else ():
