@@ -40,10 +40,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from selffb import xla_flags  # pylint: disable=g-import-not-at-top
-  added = xla_flags.apply()  # Before the first computation starts the backend.
-  if added:
-    logging.info('XLA_FLAGS += %s (%s=0 keeps XLA defaults)', added, xla_flags.OPT_OUT)
   if _MULTIHOST.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -7,14 +7,10 @@ import subprocess
 import sys
 import time
 
+import jax
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from selffb import xla_flags  # pylint: disable=g-import-not-at-top
-
-XLA_FLAGS_BEFORE = os.environ.get('XLA_FLAGS', '')
-XLA_FLAGS_ADDED = xla_flags.apply()  # selffb's CPU flags, as launch.py sets them.
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import default  # pylint: disable=g-import-not-at-top
 
 SHARED_BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared',
                             'bench')
@@ -31,14 +27,14 @@ def reference_config():
   return c
 
 
-def yardstick(script, *args, python=sys.executable, xla_flags=XLA_FLAGS_BEFORE):
-  """Runs a ../shared/bench script with `python` and XLA_FLAGS=`xla_flags` (by default as they
-  were before selffb added its own); its RESULT records by name, or None if it is absent."""
+def yardstick(script, *args, python=sys.executable, xla_flags=None):
+  """Runs a ../shared/bench script with `python` (and XLA_FLAGS=`xla_flags` if given); its
+  RESULT records by name, or None if it is absent."""
   path = os.path.join(SHARED_BENCH, script)
   if not os.path.exists(path):
     print(f'yardstick {path} not found: no ratios against it')
     return None
-  env = dict(os.environ, XLA_FLAGS=xla_flags)
+  env = dict(os.environ, **({} if xla_flags is None else {'XLA_FLAGS': xla_flags}))
   out = subprocess.run([python, path, *map(str, args)], capture_output=True, text=True,
                        cwd=SHARED_BENCH, check=True, env=env).stdout
   records = [json.loads(l[len('RESULT '):]) for l in out.splitlines() if l.startswith('RESULT ')]
@@ -47,7 +43,6 @@ def yardstick(script, *args, python=sys.executable, xla_flags=XLA_FLAGS_BEFORE):
 
 def write_report(path, **report):
   report.update(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-                xla_flags_added_by_selffb=XLA_FLAGS_ADDED,
                 jax=jax.__version__, python=platform.python_version())
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   with open(path, 'w') as f:

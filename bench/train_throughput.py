@@ -12,8 +12,9 @@ PyTorch peers run too: Hugging Face GPT2LMHeadModel, and nanoGPT's GPT when its 
 $PEER_DIR/nanogpt_model.py (default ~/.cache/selffb-peers), both eager. `--set` overrides any key of the
 config. MFU = (6 N B T + 12 L d T^2 B) / step time / peak, with N
 without position embeddings and the peak measured here by a 2048^2 float32 matmul.
-selffb and the peak run with selffb's XLA:CPU flags (selffb/xla_flags.py), as launch.py does;
-the yardstick runs as plain JAX (XLA defaults) and, when flags were added, once more with them.
+The peak is the faster of that matmul under XLA's defaults and under selffb's step compiler
+options (selffb/xla_flags.py); the yardstick runs as plain JAX (XLA's defaults) and, where
+selffb uses those options, once more with them as XLA_FLAGS.
 """
 import argparse
 import ast
@@ -31,13 +32,17 @@ from selffb import model as model_lib
 from selffb import optim
 from selffb import sharding
 from selffb import train
+from selffb import xla_flags
 
 
-def peak_flops(n=2048, reps=20):
+def peak_flops(options, n=2048, reps=20):
+  """The faster of a float32 n^2 matmul compiled with XLA's defaults and with `options`."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  matmul = jax.jit(lambda x: x @ a)
-  med, _ = common.timed(lambda: matmul(a).block_until_ready(), reps, warmup=2)
-  return 2 * n ** 3 / med
+  meds = []
+  for opts in ({}, options) if options else ({},):
+    matmul = jax.jit(lambda x: x @ a, compiler_options=opts)
+    meds.append(common.timed(lambda: matmul(a).block_until_ready(), reps, warmup=2)[0])
+  return 2 * n ** 3 / min(meds)
 
 
 def model_flops(c, n_params):
@@ -107,20 +112,21 @@ def main():
                   help='python with torch + transformers: also time the PyTorch peer')
   ap.add_argument('--out', default='bench/results/train_throughput.json')
   args = ap.parse_args()
-  peak = peak_flops()
-  print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s; XLA_FLAGS added by selffb: '
-        f'{common.XLA_FLAGS_ADDED or "none"}')
-  results = [time_selffb(config_with(loss, args.set), args.steps, args.warmup, peak)
-             for loss in ('ce', 'one_minus')]
+  configs = [config_with(loss, args.set) for loss in ('ce', 'one_minus')]
+  options = xla_flags.for_mesh(configs[0], sharding.make_mesh(configs[0].mesh, jax.devices()[:1]))
+  peak = peak_flops(options)
+  print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s; selffb step compiler '
+        f'options: {options or "none"}')
+  results = [time_selffb(c, args.steps, args.warmup, peak) for c in configs]
   yard = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup', args.warmup,
                           '--peak-gflops', peak / 1e9)
   base = yard and yard['jax_ref_train']
   peers = [base] if base else []
-  if base and common.XLA_FLAGS_ADDED:  # The same yardstick with selffb's XLA flags.
+  if base and options:  # The same yardstick with selffb's options, as XLA_FLAGS.
     tuned = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup',
                              args.warmup, '--peak-gflops', peak / 1e9,
-                             xla_flags=os.environ['XLA_FLAGS'])['jax_ref_train']
-    peers.append(dict(tuned, name='jax_ref_train+selffb_xla_flags'))
+                             xla_flags=xla_flags.as_xla_flags(options))['jax_ref_train']
+    peers.append(dict(tuned, name='jax_ref_train+selffb_xla_options'))
   nanogpt = os.path.join(os.environ.get('PEER_DIR', os.path.expanduser('~/.cache/selffb-peers')),
                          'nanogpt_model.py')
   for impl in ('hf', 'nanogpt') if args.torch_python else ():
@@ -134,7 +140,8 @@ def main():
   common.table(results + peers, base)
   for r in results + peers:
     print(f'{r["name"]}: MFU {r["mfu_pct"]:.1f}%')
-  common.write_report(args.out, peak_gflops=peak / 1e9, overrides=args.set, selffb=results,
+  common.write_report(args.out, peak_gflops=peak / 1e9, overrides=args.set,
+                      selffb_compiler_options=options, selffb=results,
                       yardstick=base, peers=peers, ratios={
                           r['name']: {p['name']: r['tokens_per_s'] / p['tokens_per_s']
                                       for p in peers} for r in results})

@@ -17,6 +17,7 @@ from selffb import sampling
 from selffb import sharding
 from selffb import train
 from selffb import validate
+from selffb import xla_flags
 
 
 def checkpoint_dir(workdir):
@@ -55,7 +56,8 @@ def evaluate_checkpoint(config, workdir):
   s = train.setup(config, workdir)
   step, best_params, loop = restore_best_params(config, checkpoint_dir(workdir), s.model_cfg,
                                                 s.mesh)
-  p_eval = jax.jit(functools.partial(train.eval_step, model=model_lib.Transformer(s.model_cfg)))
+  p_eval = jax.jit(functools.partial(train.eval_step, model=model_lib.Transformer(s.model_cfg)),
+                   compiler_options=xla_flags.for_mesh(config, s.mesh))
   val_batches = data.eval_batches(s.splits['validation'], s.tokenizer,
                                   config.data.eval_batch_size, s.layout)
   val = train.evaluate(p_eval, best_params, val_batches, s.mesh)

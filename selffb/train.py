@@ -26,6 +26,7 @@ from selffb import optim
 from selffb import sampling
 from selffb import sharding
 from selffb import validate
+from selffb import xla_flags
 
 TRAIN_KEYS = ('inputs', 'targets', 'positions', 'loss_mask') + feedback.BATCH_SOURCES
 EVAL_KEYS = ('inputs', 'targets', 'positions', 'loss_mask', 'valid')
@@ -215,12 +216,15 @@ def compile_steps(s, state_shardings):
   train_model = model_lib.Transformer(s.model_cfg.replace(deterministic=False))
   eval_model = model_lib.Transformer(s.model_cfg)
   repl, batch_sh = sharding.replicated(s.mesh), sharding.batch_sharding(s.mesh)
+  options = xla_flags.for_mesh(s.config, s.mesh)
   p_train = jax.jit(functools.partial(train_step, model=train_model, tx=s.tx, fb=s.fb,
                                       accum_steps=s.config.train.grad_accum_steps),
                     in_shardings=(state_shardings, batch_sh, repl),
-                    out_shardings=(state_shardings, repl), donate_argnums=0)
+                    out_shardings=(state_shardings, repl), donate_argnums=0,
+                    compiler_options=options)
   p_eval = jax.jit(functools.partial(eval_step, model=eval_model),
-                   in_shardings=(state_shardings.params, batch_sh), out_shardings=repl)
+                   in_shardings=(state_shardings.params, batch_sh), out_shardings=repl,
+                   compiler_options=options)
   return p_train, p_eval
 
 
