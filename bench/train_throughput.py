@@ -126,7 +126,7 @@ def main():
     tuned = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup',
                              args.warmup, '--peak-gflops', peak / 1e9,
                              xla_flags=xla_flags.as_xla_flags(options))['jax_ref_train']
-    peers.append(dict(tuned, name='jax_ref_train+selffb_xla_options'))
+    peers.append(dict(tuned, name='jax_ref_train+selffb_options'))
   nanogpt = os.path.join(os.environ.get('PEER_DIR', os.path.expanduser('~/.cache/selffb-peers')),
                          'nanogpt_model.py')
   for impl in ('hf', 'nanogpt') if args.torch_python else ():
