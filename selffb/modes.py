@@ -1,6 +1,5 @@
 """The checkpoint-reading modes of launch.py: `eval` (report) and `sample` (continue prompts)."""
 import dataclasses
-import functools
 import json
 import os
 
@@ -12,12 +11,12 @@ from absl import logging
 
 from selffb import checkpoint
 from selffb import data
+from selffb import evaluation
 from selffb import model as model_lib
 from selffb import sampling
 from selffb import sharding
 from selffb import train
 from selffb import validate
-from selffb import xla_flags
 
 
 def checkpoint_dir(workdir):
@@ -56,12 +55,11 @@ def evaluate_checkpoint(config, workdir):
   s = train.setup(config, workdir)
   step, best_params, loop = restore_best_params(config, checkpoint_dir(workdir), s.model_cfg,
                                                 s.mesh)
-  p_eval = jax.jit(functools.partial(train.eval_step, model=model_lib.Transformer(s.model_cfg)),
-                   compiler_options=xla_flags.for_mesh(config, s.mesh))
+  p_eval = evaluation.jit_eval_step(s)
   val_batches = data.eval_batches(s.splits['validation'], s.tokenizer,
                                   config.data.eval_batch_size, s.layout)
-  val = train.evaluate(p_eval, best_params, val_batches, s.mesh)
-  report = train.report_exact_match(s, best_params, config.data.eval_batch_size)
+  val = evaluation.evaluate(p_eval, best_params, val_batches, s.mesh)
+  report = evaluation.report_exact_match(s, best_params, config.data.eval_batch_size)
   logging.info('checkpoint step %d (best params from step %d): val %s', step,
                loop['best_step'], {k: round(v, 4) for k, v in val.items()})
   for k, v in report.items():

@@ -24,6 +24,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from selffb import data
+from selffb import evaluation
 from selffb import modes
 from selffb import optim
 from selffb import report
@@ -143,7 +144,8 @@ def _evaluate(run, params):
   bs = s.config.data.eval_batch_size
   sources = {**{f'val_{n}': v for n, v in run.val.items()},
              **{f'test_{n}': t for n, t in run.tests.items()}}
-  got = train.greedy_exact_match(params, sources, s.tokenizer, s.model_cfg, bs, s.mesh, s.layout)
+  got = evaluation.greedy_exact_match(params, sources, s.tokenizer, s.model_cfg, bs, s.mesh,
+                                      s.layout)
   val = {n: got[f'val_{n}'] for n in run.val}
   return {'val_exact': float(np.mean(list(val.values()))),
           'val': {str(n): v for n, v in val.items()},

@@ -1,4 +1,4 @@
-"""Training: the state, the pure train and eval steps, and the loop around them."""
+"""Training: the state, the pure train step, and the loop around it (evaluation.py evaluates)."""
 import dataclasses
 import functools
 import json
@@ -18,18 +18,17 @@ from jax.experimental import multihost_utils
 
 from selffb import checkpoint
 from selffb import data
+from selffb import evaluation
 from selffb import feedback
 from selffb import lock
 from selffb import metrics as metrics_lib
 from selffb import model as model_lib
 from selffb import optim
-from selffb import sampling
 from selffb import sharding
 from selffb import validate
 from selffb import xla_flags
 
 TRAIN_KEYS = ('inputs', 'targets', 'positions', 'loss_mask') + feedback.BATCH_SOURCES
-EVAL_KEYS = ('inputs', 'targets', 'positions', 'loss_mask', 'valid')
 
 
 @struct.dataclass
@@ -99,65 +98,6 @@ def train_step(state, batch, rng, *, model, tx, fb, accum_steps=1):
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch, *, model):
-  """Sums over a batch's valid rows: CE, correct tokens, tokens, exact sequences, sequences.
-
-  A sequence is exact when every loss token is the argmax under teacher forcing, which is
-  exactly when greedy decoding reproduces the answer.
-  """
-  logits_BxTxV, _ = model.apply({'params': params}, batch['inputs'], batch.get('positions'))
-  mask_BxT = batch['loss_mask'] * batch['valid'][:, None]
-  ce_BxT = -feedback.target_logprob(logits_BxTxV, batch['targets'])
-  correct_BxT = jnp.argmax(logits_BxTxV, -1) == batch['targets']
-  exact_B = jnp.all(correct_BxT | (batch['loss_mask'] == 0), axis=-1) * batch['valid']
-  return {'ce': jnp.sum(ce_BxT * mask_BxT), 'correct': jnp.sum(correct_BxT * mask_BxT),
-          'tokens': jnp.sum(mask_BxT), 'exact': jnp.sum(exact_B), 'sequences': jnp.sum(
-              batch['valid'])}
-
-
-def evaluate(eval_fn, params, batches, mesh):
-  """Teacher-forced metrics of a split: ce, perplexity, token accuracy, exact match."""
-  sums = [eval_fn(params, sharding.put_global(mesh, {k: b[k] for k in EVAL_KEYS if k in b}))
-          for b in batches]
-  total = jax.tree.map(lambda *x: float(np.sum(x)), *jax.device_get(sums))
-  ce = total['ce'] / max(total['tokens'], 1)
-  return {'ce': ce, 'perplexity': float(np.exp(ce)),
-          'accuracy': total['correct'] / max(total['tokens'], 1),
-          'exact': total['exact'] / max(total['sequences'], 1)}
-
-
-def greedy_exact_match(params, sources, tokenizer, cfg, batch_size, mesh=None,
-                       layout=data.Layout()):
-  """Greedy-decoding exact match per split. Every batch has one shape (prompt bucket, batch
-  size, new tokens), so the sampler compiles once. With an eos layout an answer must end with
-  eos; otherwise its first len(answer) tokens must be the answer."""
-  records = {name: list(data.read_all(src)) for name, src in sources.items()}
-  prompts = {name: [tokenizer.encode_prompt(r['prompt']) for r in rs]
-             for name, rs in records.items()}
-  positions = {name: [layout.position_ids(p, tokenizer) for p in ps]
-               for name, ps in prompts.items()}
-  prompt_len = sampling.bucket(max(len(p) for ps in prompts.values() for p in ps))
-  sp = sampling.SamplingParams(max_new_tokens=layout.eos + max(
-      len(r['answer']) for rs in records.values() for r in rs))
-  fill = lambda xs: xs + [xs[0]] * (batch_size - len(xs))  # One shape: one compile.
-  results = {}
-  for name, rs in records.items():
-    correct = 0
-    for start in range(0, len(rs), batch_size):
-      outs = sampling.generate(params, fill(prompts[name][start:start + batch_size]), cfg=cfg,
-                               sp=sp, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               mesh=mesh, prompt_len=prompt_len,
-                               positions=fill(positions[name][start:start + batch_size]))
-      for r, (tokens, _) in zip(rs[start:start + batch_size], outs):
-        answer = r['answer'].decode()
-        if layout.eos:
-          correct += bool(tokens[-1] == tokenizer.eos_id and tokenizer.decode(tokens) == answer)
-        else:
-          correct += tokenizer.decode(tokens[:len(answer)]) == answer
-    results[name] = correct / len(rs)
-  return results
-
-
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """Everything static a run builds from its config before the first step."""
@@ -214,18 +154,13 @@ def init_state(s, rng):
 
 def compile_steps(s, state_shardings):
   train_model = model_lib.Transformer(s.model_cfg.replace(deterministic=False))
-  eval_model = model_lib.Transformer(s.model_cfg)
   repl, batch_sh = sharding.replicated(s.mesh), sharding.batch_sharding(s.mesh)
-  options = xla_flags.for_mesh(s.config, s.mesh)
   p_train = jax.jit(functools.partial(train_step, model=train_model, tx=s.tx, fb=s.fb,
                                       accum_steps=s.config.train.grad_accum_steps),
                     in_shardings=(state_shardings, batch_sh, repl),
                     out_shardings=(state_shardings, repl), donate_argnums=0,
-                    compiler_options=options)
-  p_eval = jax.jit(functools.partial(eval_step, model=eval_model),
-                   in_shardings=(state_shardings.params, batch_sh), out_shardings=repl,
-                   compiler_options=options)
-  return p_train, p_eval
+                    compiler_options=xla_flags.for_mesh(s.config, s.mesh))
+  return p_train, evaluation.jit_eval_step(s, state_shardings.params)
 
 
 def _fmt_time(seconds):
@@ -351,7 +286,7 @@ def train_loop(s, workdir, signals, init_params=None, final_report=True, keep_be
 
   def run_eval(step):
     nonlocal best_params
-    val = evaluate(p_eval, state.params, val_batches, s.mesh)
+    val = evaluation.evaluate(p_eval, state.params, val_batches, s.mesh)
     writer.write(step, {f'val/{k}': v for k, v in val.items()})
     if val['ce'] < loop['best_val_ce']:
       loop.update(best_val_ce=val['ce'], best_step=step, bad_evals=0)
@@ -413,7 +348,8 @@ def train_loop(s, workdir, signals, init_params=None, final_report=True, keep_be
 
   if not keep_best:
     best_params = state.params
-  report = report_exact_match(s, best_params, config.data.eval_batch_size) if final_report else {}
+  report = (evaluation.report_exact_match(s, best_params, config.data.eval_batch_size)
+            if final_report else {})
   summary = {'steps': step, 'best_step': loop['best_step'], 'best_val_ce': loop['best_val_ce'],
              'early_stopped': loop['stopped'], 'exact_match': report,
              'compile_s': compile_s, 'wall_s': time.time() - t_start, 'parameters': n_params}
@@ -436,16 +372,6 @@ def _log_train(writer, pending, step, step_log, t_log, tokens_per_step, num_step
                '%s tok/s | ETA %s', step, num_steps, mean['loss'], mean['ce'], mean['accuracy'],
                mean['mean_f'], mean['feedback_scale'], mean['lr'],
                f'{mean["tokens_per_s"]:,.0f}', _fmt_time((num_steps - step) / max(rate, 1e-9)))
-
-
-def report_exact_match(s, params, batch_size):
-  """Greedy exact match per test length, as {'<digits>': fraction}, shortest first."""
-  tests = {int(k[len('test_'):]): v for k, v in s.splits.items() if k.startswith('test_')}
-  if not tests:
-    return {}
-  result = greedy_exact_match(params, tests, s.tokenizer, s.model_cfg, batch_size, s.mesh,
-                              s.layout)
-  return {str(n): result[n] for n in sorted(result)}
 
 
 def _print_summary(summary, workdir):

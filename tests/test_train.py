@@ -12,6 +12,7 @@ import pytest
 from configs import tiny
 from selffb import checkpoint
 from selffb import data
+from selffb import evaluation
 from selffb import modes
 from selffb import sharding
 from selffb import train
@@ -124,7 +125,7 @@ def test_teacher_forced_exact_equals_greedy(trained, data_dir):
   _, _, best, _, _ = checkpoint.restore(checkpoint.make_manager(workdir, 2), None, None)
   for n, greedy in summary['exact_match'].items():
     batches = data.eval_batches(s.splits[f'test_{n}'], s.tokenizer, 32)
-    assert train.evaluate(p_eval, best, batches, s.mesh)['exact'] == pytest.approx(greedy)
+    assert evaluation.evaluate(p_eval, best, batches, s.mesh)['exact'] == pytest.approx(greedy)
   assert any(v > 0 for v in summary['exact_match'].values())
 
 
