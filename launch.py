@@ -40,6 +40,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if _CONFIG.value.train.reuse_host_memory:  # Before JAX's backend starts its threads.
+    from selffb import host_memory  # pylint: disable=g-import-not-at-top
+    logging.info('host memory reuse (glibc malloc settings): %s',
+                 'on' if host_memory.reuse_freed_memory() else 'unavailable, not glibc')
   if _MULTIHOST.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

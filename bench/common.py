@@ -27,16 +27,15 @@ def reference_config():
   return c
 
 
-def yardstick(script, *args, python=sys.executable, xla_flags=None):
-  """Runs a ../shared/bench script with `python` (and XLA_FLAGS=`xla_flags` if given); its
+def yardstick(script, *args, python=sys.executable, env=None):
+  """Runs a ../shared/bench script with `python`, adding `env` (a dict) to the environment; its
   RESULT records by name, or None if it is absent."""
   path = os.path.join(SHARED_BENCH, script)
   if not os.path.exists(path):
     print(f'yardstick {path} not found: no ratios against it')
     return None
-  env = dict(os.environ, **({} if xla_flags is None else {'XLA_FLAGS': xla_flags}))
   out = subprocess.run([python, path, *map(str, args)], capture_output=True, text=True,
-                       cwd=SHARED_BENCH, check=True, env=env).stdout
+                       cwd=SHARED_BENCH, check=True, env=dict(os.environ, **(env or {}))).stdout
   records = [json.loads(l[len('RESULT '):]) for l in out.splitlines() if l.startswith('RESULT ')]
   return {r['name']: r for r in records}
 

@@ -13,8 +13,10 @@ $PEER_DIR/nanogpt_model.py (default ~/.cache/selffb-peers), both eager. `--set` 
 config. MFU = (6 N B T + 12 L d T^2 B) / step time / peak, with N
 without position embeddings and the peak measured here by a 2048^2 float32 matmul.
 The peak is the faster of that matmul under XLA's defaults and under selffb's step compiler
-options (selffb/xla_flags.py); the yardstick runs as plain JAX (XLA's defaults) and, where
-selffb uses those options, once more with them as XLA_FLAGS.
+options (selffb/xla_flags.py). selffb keeps freed host memory (selffb/host_memory.py,
+`train.reuse_host_memory`). The yardstick runs as plain JAX (XLA's defaults) and once more
+under selffb's process settings: its options as XLA_FLAGS and its malloc settings; the PyTorch
+peers run under the malloc settings too.
 """
 import argparse
 import ast
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from selffb import data
+from selffb import host_memory
 from selffb import model as model_lib
 from selffb import optim
 from selffb import sharding
@@ -113,20 +116,26 @@ def main():
   ap.add_argument('--out', default='bench/results/train_throughput.json')
   args = ap.parse_args()
   configs = [config_with(loss, args.set) for loss in ('ce', 'one_minus')]
+  # Before the first JAX call, so that the backend's threads allocate under these settings.
+  reuse = configs[0].train.reuse_host_memory and host_memory.reuse_freed_memory()
   options = xla_flags.for_mesh(configs[0], sharding.make_mesh(configs[0].mesh, jax.devices()[:1]))
   peak = peak_flops(options)
   print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s; selffb step compiler '
-        f'options: {options or "none"}')
+        f'options: {options or "none"}; host memory reuse: {bool(reuse)}')
   results = [time_selffb(c, args.steps, args.warmup, peak) for c in configs]
   yard = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup', args.warmup,
                           '--peak-gflops', peak / 1e9)
   base = yard and yard['jax_ref_train']
   peers = [base] if base else []
-  if base and options:  # The same yardstick with selffb's options, as XLA_FLAGS.
+  # The process settings selffb runs under, for the peers: its XLA options as XLA_FLAGS (JAX
+  # only) and its malloc settings (all of them, so that no peer runs with less than selffb).
+  malloc_env = host_memory.ENV if reuse else {}
+  jax_env = dict(malloc_env, **({'XLA_FLAGS': xla_flags.as_xla_flags(options)} if options else {}))
+  if base and jax_env:
     tuned = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup',
                              args.warmup, '--peak-gflops', peak / 1e9,
-                             xla_flags=xla_flags.as_xla_flags(options))['jax_ref_train']
-    peers.append(dict(tuned, name='jax_ref_train+selffb_options'))
+                             env=jax_env)['jax_ref_train']
+    peers.append(dict(tuned, name='jax_ref_train+selffb_settings'))
   nanogpt = os.path.join(os.environ.get('PEER_DIR', os.path.expanduser('~/.cache/selffb-peers')),
                          'nanogpt_model.py')
   for impl in ('hf', 'nanogpt') if args.torch_python else ():
@@ -135,13 +144,13 @@ def main():
       continue
     torch = common.yardstick('bench_torch_train.py', '--impl', impl, '--steps', args.steps,
                              '--warmup', args.warmup, '--peak-gflops', peak / 1e9,
-                             python=args.torch_python)
+                             python=args.torch_python, env=malloc_env)
     peers += list(torch.values()) if torch else []
   common.table(results + peers, base)
   for r in results + peers:
     print(f'{r["name"]}: MFU {r["mfu_pct"]:.1f}%')
   common.write_report(args.out, peak_gflops=peak / 1e9, overrides=args.set,
-                      selffb_compiler_options=options, selffb=results,
+                      selffb_compiler_options=options, peer_env=jax_env, selffb=results,
                       yardstick=base, peers=peers, ratios={
                           r['name']: {p['name']: r['tokens_per_s'] / p['tokens_per_s']
                                       for p in peers} for r in results})
