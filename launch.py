@@ -40,7 +40,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if _CONFIG.value.train.reuse_host_memory:  # Before JAX's backend starts its threads.
+  # Before JAX's backend starts its threads; for the training modes only, since it makes
+  # compiling slower and eval and sample mostly compile.
+  if _MODE.value in ('train', 'selftrain') and _CONFIG.value.train.reuse_host_memory:
     from selffb import host_memory  # pylint: disable=g-import-not-at-top
     logging.info('host memory reuse (glibc malloc settings): %s',
                  'on' if host_memory.reuse_freed_memory() else 'unavailable, not glibc')

@@ -88,7 +88,7 @@ def get_config(arg=None):
   c.train.grad_accum_steps = 1  # Microbatches per step; the batch is split, gradients summed.
   c.train.max_nonfinite_steps = 5  # Consecutive skipped (non-finite) steps before the run stops.
   c.train.xla_cpu_onednn = True  # On x86 CPUs oneDNN runs the train and eval steps' dots.
-  c.train.reuse_host_memory = True  # glibc keeps freed host memory: no page faults per step.
+  c.train.reuse_host_memory = True  # train/selftrain: glibc keeps freed host memory (no page faults a step).
 
   c.sample = ml_collections.ConfigDict()
   c.sample.temperature = 0.0  # 0 is greedy; otherwise logits are divided by it before sampling.

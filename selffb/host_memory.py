@@ -11,8 +11,9 @@ the last one's frees: on the reference shape the peak resident memory went from 
 MB. The cost is at compile time: with one arena XLA's compiler threads contend for its lock,
 and the reference step's first call took 5.5 s against 4.1 s. So they pay off in a training run
 and not in the test suite, which compiles far more than it steps and keeps glibc's defaults.
-Set them before the JAX backend starts its threads (launch.py and bench/train_throughput.py
-do); a thread that has allocated before then keeps an arena of its own.
+Set them before the JAX backend starts its threads (launch.py does for --mode=train and
+selftrain, as does bench/train_throughput.py); a thread that has allocated before then keeps an
+arena of its own.
 """
 import ctypes
 import ctypes.util
@@ -42,4 +43,5 @@ def reuse_freed_memory() -> bool:
   libc = _glibc()
   if libc is None:
     return False
-  return all(libc.mallopt(param, value) == 1 for param, value, _ in SETTINGS)
+  took = [libc.mallopt(param, value) == 1 for param, value, _ in SETTINGS]  # Each one tried.
+  return all(took)
