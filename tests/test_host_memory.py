@@ -31,7 +31,8 @@ print(faulting)
 
 
 def faulting_calls(arm, env=None):
-  base = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+  base = {k: v for k, v in os.environ.items()  # Without malloc settings from outside.
+          if not k.startswith(('MALLOC_', 'GLIBC_TUNABLES'))}
   out = subprocess.run([sys.executable, '-c', PROBE, arm], capture_output=True, text=True,
                        check=True, cwd=ROOT, env=dict(base, JAX_PLATFORMS='cpu', **(env or {})))
   return int(out.stdout.split()[-1])
