@@ -84,8 +84,6 @@ def greedy_exact_match(params, sources, tokenizer, cfg, batch_size, mesh=None,
   return results
 
 
-
-
 def report_exact_match(s, params, batch_size):
   """Greedy exact match per test length, as {'<digits>': fraction}, shortest first."""
   tests = {int(k[len('test_'):]): v for k, v in s.splits.items() if k.startswith('test_')}

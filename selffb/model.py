@@ -103,12 +103,18 @@ def rope(x_BxTxHxD, pos_BxT, base):
   return out.astype(x_BxTxHxD.dtype)
 
 
-def _dense(cfg, features, axes, name, in_axis=-1, bias=None):
-  """A projection, fan-in init (std 1/sqrt(fan_in)); a zero-init bias if cfg.use_bias.
+def _on_rows(fn, x, n_in=1):
+  """fn applied to x with its leading (batch, time) dimensions merged into one, a free reshape.
 
-  It sees its input with the leading (batch, time) dimensions merged into one, a free reshape:
-  the weight gradient then contracts a single dimension, which XLA:CPU's dots read in place;
-  contracting two, XLA first copies one activation into a transposed layout."""
+  A projection's weight gradient then contracts a single dimension, which XLA:CPU's dots read
+  in place; contracting two, XLA first copies one activation into a transposed layout."""
+  lead = x.shape[:x.ndim - n_in]
+  y = fn(x.reshape((-1,) + x.shape[x.ndim - n_in:]))
+  return y.reshape(lead + y.shape[1:])
+
+
+def _dense(cfg, features, axes, name, in_axis=-1, bias=None):
+  """A projection, fan-in init (std 1/sqrt(fan_in)); a zero-init bias if cfg.use_bias; on rows."""
   init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
   n_in = 1 if isinstance(in_axis, int) else len(in_axis)
   use_bias = cfg.use_bias if bias is None else bias
@@ -116,13 +122,7 @@ def _dense(cfg, features, axes, name, in_axis=-1, bias=None):
                           param_dtype=cfg.param_dtype, kernel_init=init, name=name,
                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
                                                                  axes[n_in:]))
-
-  def apply(x):
-    lead = x.shape[:x.ndim - n_in]
-    y = dense(x.reshape((-1,) + x.shape[x.ndim - n_in:]))
-    return y.reshape(lead + y.shape[1:])
-
-  return apply
+  return lambda x: _on_rows(dense, x, n_in)
 
 
 def _norm(cfg, name):
@@ -268,8 +268,7 @@ class Transformer(nn.Module):
         new_layers.append(layer_cache)
     x_BxTxE = _norm(cfg, 'final_norm')(x_BxTxE)
     if cfg.tie_embeddings:
-      x_NxE = x_BxTxE.reshape(-1, cfg.d_model)  # One contracted dimension, as in _dense.
-      logits_BxTxV = embed.attend(x_NxE).reshape(x_BxTxE.shape[:2] + (cfg.vocab_size,))
+      logits_BxTxV = _on_rows(embed.attend, x_BxTxE)
     else:
       logits_BxTxV = _dense(cfg, cfg.vocab_size, ('embed', 'vocab'), 'unembed',
                             bias=False)(x_BxTxE)
