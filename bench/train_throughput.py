@@ -1,6 +1,6 @@
 """Train-step throughput and MFU of selffb, beside the plain-JAX yardstick.
 
-    python bench/train_throughput.py [--steps 10] [--set model.dtype=bfloat16 ...]
+    python bench/train_throughput.py [--steps 10] [--set model.dtype=bfloat16 ...] [--phases]
         [--torch-python /path/to/venv/bin/python] [--out bench/results/train_throughput.json]
 
 Reference shape: 4 layers, 4 heads, d_model 256, seq 256, batch 16, vocabulary 256, float32.
@@ -16,10 +16,13 @@ The peak is the faster of that matmul under XLA's defaults and under selffb's st
 options (selffb/xla_flags.py). selffb keeps freed host memory (selffb/host_memory.py,
 `train.reuse_host_memory`). The yardstick runs as plain JAX (XLA's defaults) and once more
 under selffb's process settings: its options as XLA_FLAGS and its malloc settings; the PyTorch
-peers run under the malloc settings too.
+peers run under the malloc settings too. `--phases` also times selffb's loss alone and the loss
+with its gradients, compiled as the step is, and splits the step into forward, backward and the
+rest (the optimizer update and the metrics) by difference.
 """
 import argparse
 import ast
+import functools
 import itertools
 import os
 import time
@@ -72,7 +75,21 @@ def config_with(loss, overrides):
   return c
 
 
-def time_selffb(c, steps, warmup, peak):
+def time_phases(s, params, batch, steps, warmup):
+  """Median seconds of the training loss alone and of the loss with its gradients, jitted with
+  the step's compiler options: the forward and forward+backward parts of `train.train_step`."""
+  loss = functools.partial(train.loss_fn, model=model_lib.Transformer(
+      s.model_cfg.replace(deterministic=False)), fb=s.fb)
+  opts = xla_flags.for_mesh(s.config, s.mesh)
+  rng, denominator = jax.random.key(1), jnp.sum(batch['loss_mask'])
+  forward = jax.jit(lambda p: loss(p, batch, rng, denominator)[0], compiler_options=opts)
+  backward = jax.jit(jax.grad(lambda p: loss(p, batch, rng, denominator)[0]),
+                     compiler_options=opts)
+  return [common.timed(lambda f=f: jax.block_until_ready(f(params)), steps, warmup)[0]
+          for f in (forward, backward)]
+
+
+def time_selffb(c, steps, warmup, peak, phases=False):
   b, t, v = c.data.batch_size, c.data.seq_len, c.model.vocab_size
   s = train.Setup(config=c, model_cfg=model_lib.ModelConfig.from_config(c.model),
                   tokenizer=data.ByteTokenizer(), layout=data.Layout(), splits={}, seq_len=t,
@@ -100,10 +117,16 @@ def time_selffb(c, steps, warmup, peak):
   med, m = common.timed(step, steps, warmup)
   n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   flops = model_flops(c, n_params)
-  return {'name': f'selffb_train_{c.feedback.loss}', 'median_s': med,
-          'tokens_per_s': b * t / med, 'compile_s': compile_s, 'n_params': n_params,
-          'model_gflop_per_step': flops / 1e9, 'mfu_pct': 100 * flops / med / peak,
-          'loss_last': float(m['loss'])}
+  result = {'name': f'selffb_train_{c.feedback.loss}', 'median_s': med,
+            'tokens_per_s': b * t / med, 'compile_s': compile_s, 'n_params': n_params,
+            'model_gflop_per_step': flops / 1e9, 'mfu_pct': 100 * flops / med / peak,
+            'loss_last': float(m['loss'])}
+  if phases:
+    fwd, fwd_bwd = time_phases(s, state.params, batches[0], steps, warmup)
+    result['phases_s'] = {'forward': fwd, 'backward': fwd_bwd - fwd, 'rest': med - fwd_bwd}
+    print(f'{result["name"]} phases: ' + ', '.join(
+        f'{k} {v:.3f} s ({100 * v / med:.0f}%)' for k, v in result['phases_s'].items()))
+  return result
 
 
 def main():
@@ -111,6 +134,8 @@ def main():
   ap.add_argument('--steps', type=int, default=10)
   ap.add_argument('--warmup', type=int, default=3)
   ap.add_argument('--set', action='append', default=[], help='config override key=value')
+  ap.add_argument('--phases', action='store_true',
+                  help='also split the selffb step into forward, backward and the rest')
   ap.add_argument('--torch-python', default='',
                   help='python with torch + transformers: also time the PyTorch peer')
   ap.add_argument('--out', default='bench/results/train_throughput.json')
@@ -122,7 +147,7 @@ def main():
   peak = peak_flops(options)
   print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s; selffb step compiler '
         f'options: {options or "none"}; host memory reuse: {bool(reuse)}')
-  results = [time_selffb(c, args.steps, args.warmup, peak) for c in configs]
+  results = [time_selffb(c, args.steps, args.warmup, peak, args.phases) for c in configs]
   yard = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup', args.warmup,
                           '--peak-gflops', peak / 1e9)
   base = yard and yard['jax_ref_train']
