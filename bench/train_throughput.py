@@ -77,15 +77,14 @@ def config_with(loss, overrides):
 
 def time_phases(s, params, batch, steps, warmup):
   """Median seconds of the training loss alone and of the loss with its gradients, jitted with
-  the step's compiler options: the forward and forward+backward parts of `train.train_step`."""
+  the step's compiler options and the batch as an argument, as in `train.train_step`."""
   loss = functools.partial(train.loss_fn, model=model_lib.Transformer(
       s.model_cfg.replace(deterministic=False)), fb=s.fb)
+  of_params = lambda p, bt: loss(p, bt, jax.random.key(1), jnp.sum(bt['loss_mask']))[0]
   opts = xla_flags.for_mesh(s.config, s.mesh)
-  rng, denominator = jax.random.key(1), jnp.sum(batch['loss_mask'])
-  forward = jax.jit(lambda p: loss(p, batch, rng, denominator)[0], compiler_options=opts)
-  backward = jax.jit(jax.grad(lambda p: loss(p, batch, rng, denominator)[0]),
-                     compiler_options=opts)
-  return [common.timed(lambda f=f: jax.block_until_ready(f(params)), steps, warmup)[0]
+  forward = jax.jit(of_params, compiler_options=opts)
+  backward = jax.jit(jax.grad(of_params), compiler_options=opts)
+  return [common.timed(lambda f=f: jax.block_until_ready(f(params, batch)), steps, warmup)[0]
           for f in (forward, backward)]
 
 
@@ -121,7 +120,10 @@ def time_selffb(c, steps, warmup, peak, phases=False):
             'tokens_per_s': b * t / med, 'compile_s': compile_s, 'n_params': n_params,
             'model_gflop_per_step': flops / 1e9, 'mfu_pct': 100 * flops / med / peak,
             'loss_last': float(m['loss'])}
-  if phases:
+  if phases and c.train.grad_accum_steps > 1:
+    print('--phases skipped: they time the whole batch at once, and this step accumulates '
+          f'{c.train.grad_accum_steps} microbatches')
+  elif phases:
     fwd, fwd_bwd = time_phases(s, state.params, batches[0], steps, warmup)
     result['phases_s'] = {'forward': fwd, 'backward': fwd_bwd - fwd, 'rest': med - fwd_bwd}
     print(f'{result["name"]} phases: ' + ', '.join(
