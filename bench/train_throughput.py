@@ -9,16 +9,17 @@ LayerNorm, GELU and tied embeddings, as the yardstick (../shared/bench/bench_jax
 JAX + optax) has; both run in this one session and the ratio is printed and saved. With
 `--torch-python` (an interpreter with torch and transformers, never a selffb dependency) the
 PyTorch peers run too: Hugging Face GPT2LMHeadModel, and nanoGPT's GPT when its model.py is at
-$PEER_DIR/nanogpt_model.py (default ~/.cache/selffb-peers), both eager. `--set` overrides any key of the
-config. MFU = (6 N B T + 12 L d T^2 B) / step time / peak, with N
-without position embeddings and the peak measured here by a 2048^2 float32 matmul.
+$PEER_DIR/nanogpt_model.py (default ~/.cache/selffb-peers), both eager. `--set` overrides any
+key of the config. MFU = (6 N B T + 12 L d T^2 B) / step time / peak, with N without position
+embeddings and the peak measured here by a 2048^2 float32 matmul.
 The peak is the faster of that matmul under XLA's defaults and under selffb's step compiler
 options (selffb/xla_flags.py). selffb keeps freed host memory (selffb/host_memory.py,
 `train.reuse_host_memory`). The yardstick runs as plain JAX (XLA's defaults) and once more
 under selffb's process settings: its options as XLA_FLAGS and its malloc settings; the PyTorch
 peers run under the malloc settings too. `--phases` also times selffb's loss alone and the loss
 with its gradients, compiled as the step is, and splits the step into forward, backward and the
-rest (the optimizer update and the metrics) by difference.
+rest (the optimizer update and the metrics) by difference, so with few `--steps` the rest can
+come out below zero: noise.
 """
 import argparse
 import ast
@@ -78,8 +79,7 @@ def config_with(loss, overrides):
 def time_phases(s, params, batch, steps, warmup):
   """Median seconds of the training loss alone and of the loss with its gradients, jitted with
   the step's compiler options and the batch as an argument, as in `train.train_step`."""
-  loss = functools.partial(train.loss_fn, model=model_lib.Transformer(
-      s.model_cfg.replace(deterministic=False)), fb=s.fb)
+  loss = functools.partial(train.loss_fn, model=train.training_model(s), fb=s.fb)
   of_params = lambda p, bt: loss(p, bt, jax.random.key(1), jnp.sum(bt['loss_mask']))[0]
   opts = xla_flags.for_mesh(s.config, s.mesh)
   forward = jax.jit(of_params, compiler_options=opts)

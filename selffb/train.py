@@ -152,10 +152,14 @@ def init_state(s, rng):
   return init(rng), shardings
 
 
+def training_model(s):
+  """Setup `s`'s Transformer in training mode (dropout on), as `train_step` runs it."""
+  return model_lib.Transformer(s.model_cfg.replace(deterministic=False))
+
+
 def compile_steps(s, state_shardings):
-  train_model = model_lib.Transformer(s.model_cfg.replace(deterministic=False))
   repl, batch_sh = sharding.replicated(s.mesh), sharding.batch_sharding(s.mesh)
-  p_train = jax.jit(functools.partial(train_step, model=train_model, tx=s.tx, fb=s.fb,
+  p_train = jax.jit(functools.partial(train_step, model=training_model(s), tx=s.tx, fb=s.fb,
                                       accum_steps=s.config.train.grad_accum_steps),
                     in_shardings=(state_shardings, batch_sh, repl),
                     out_shardings=(state_shardings, repl), donate_argnums=0,
