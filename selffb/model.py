@@ -8,6 +8,7 @@ never attended to. Causality follows the sequence (the cache slot), not the ids,
 restart, e.g. per operand: a query in slot i sees the non-padding keys in slots <= i.
 """
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -134,18 +135,92 @@ def _norm(cfg, name):
                       bias_init=bias, name=name)
 
 
-def _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS, cfg):
-  """Softmax attention, normalised after the value product: dividing the [T, D] output by the
-  row sums, not the [T, S] weights, saves a pass over the scores forward and backward."""
+def _mask(valid_BxS, q_slot_T):
+  """[B, 1, T, S]: the query in slot q_slot_T[t] sees the valid keys in slots up to its own."""
+  causal_TxS = jnp.arange(valid_BxS.shape[1])[None, :] <= q_slot_T[:, None]
+  return (causal_TxS[None] & valid_BxS[:, None, :])[:, None]
+
+
+def _weights(q_BxHxTxD, k_BxHxSxD, mask_Bx1xTxS):
+  """Unnormalised softmax weights of the scaled scores, float32, and their row sums."""
   scores_BxHxTxS = jnp.einsum('bhtd,bhsd->bhts', q_BxHxTxD, k_BxHxSxD,
-                              preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim)
+                              preferred_element_type=jnp.float32) / jnp.sqrt(q_BxHxTxD.shape[-1])
   scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, _NEG_INF)
   # The max only keeps exp in range; the result does not depend on it.
   top_BxHxTx1 = jax.lax.stop_gradient(scores_BxHxTxS.max(axis=-1, keepdims=True))
   weights_BxHxTxS = jnp.exp(scores_BxHxTxS - top_BxHxTx1)
-  out_BxHxTxD = jnp.einsum('bhts,bhsd->bhtd', weights_BxHxTxS.astype(cfg.dtype), v_BxHxSxD,
+  return weights_BxHxTxS, weights_BxHxTxS.sum(axis=-1, keepdims=True)
+
+
+def _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS):
+  """Softmax attention, normalised after the value product: dividing the [T, D] output by the
+  row sums, not the [T, S] weights, saves a pass over the scores."""
+  weights_BxHxTxS, sums_BxHxTx1 = _weights(q_BxHxTxD, k_BxHxSxD, mask_Bx1xTxS)
+  out_BxHxTxD = jnp.einsum('bhts,bhsd->bhtd', weights_BxHxTxS.astype(v_BxHxSxD.dtype), v_BxHxSxD,
                            preferred_element_type=jnp.float32)
-  return (out_BxHxTxD / weights_BxHxTxS.sum(axis=-1, keepdims=True)).astype(cfg.dtype)
+  return (out_BxHxTxD / sums_BxHxTx1).astype(q_BxHxTxD.dtype), weights_BxHxTxS, sums_BxHxTx1
+
+
+def _query_blocks(t, block):
+  """(start, end) of each query block; block 0 means one block."""
+  block = block or t
+  return [(i, min(i + block, t)) for i in range(0, t, block)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def causal_attention(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block):
+  """Softmax attention of a sequence over itself (no cache): the query in slot t sees the keys in
+  slots <= t whose `valid_BxT` is True. Queries go in blocks of `block` (0: one block) that
+  skip the keys after them, so the score blocks above the diagonal are never computed.
+
+  The backward pass is written by hand from the saved weights, dS = P * (dP - rowsum(dO * O)):
+  no pass back through the normalisation, the mask and the max, so a fifth to a quarter less
+  op time than autodiff's, and a 2-3% faster train step on CPU (README, Speed). It gives
+  autodiff's gradients, padding queries included."""
+  return _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block)[0]
+
+
+def _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block):
+  outs, saved = [], []
+  for start, end in _query_blocks(q_BxHxTxD.shape[2], block):
+    mask_Bx1xTxS = _mask(valid_BxT[:, :end], jnp.arange(start, end))
+    out, weights, sums = _attend(q_BxHxTxD[:, :, start:end], k_BxHxTxD[:, :, :end],
+                                 v_BxHxTxD[:, :, :end], mask_Bx1xTxS)
+    outs.append(out)
+    saved.append((weights, sums))
+  out_BxHxTxD = jnp.concatenate(outs, axis=2)
+  return out_BxHxTxD, (q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, out_BxHxTxD, saved)
+
+
+def _causal_attention_bwd(block, residuals, dout_BxHxTxD):
+  q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, out_BxHxTxD, saved = residuals
+  dtype, scale = q_BxHxTxD.dtype, q_BxHxTxD.shape[-1] ** -0.5
+  f32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+  rowdot_BxHxTx1 = jnp.sum(dout_BxHxTxD.astype(jnp.float32) * out_BxHxTxD.astype(jnp.float32),
+                           axis=-1, keepdims=True)
+  dqs = []
+  dk_BxHxTxD = jnp.zeros(k_BxHxTxD.shape, jnp.float32)
+  dv_BxHxTxD = jnp.zeros(v_BxHxTxD.shape, jnp.float32)
+  for (start, end), (weights_BxHxTxS, sums_BxHxTx1) in zip(
+      _query_blocks(q_BxHxTxD.shape[2], block), saved):
+    dout = dout_BxHxTxD[:, :, start:end]
+    dprobs_BxHxTxS = f32('bhtd,bhsd->bhts', dout, v_BxHxTxD[:, :, :end])
+    dscores_BxHxTxS = jnp.where(
+        _mask(valid_BxT[:, :end], jnp.arange(start, end)),
+        weights_BxHxTxS * ((dprobs_BxHxTxS - rowdot_BxHxTx1[:, :, start:end])
+                           * (scale / sums_BxHxTx1)), 0.0).astype(dtype)
+    dqs.append(f32('bhts,bhsd->bhtd', dscores_BxHxTxS, k_BxHxTxD[:, :, :end]))
+    dk_BxHxTxD = dk_BxHxTxD.at[:, :, :end].add(
+        f32('bhts,bhtd->bhsd', dscores_BxHxTxS, q_BxHxTxD[:, :, start:end]))
+    # P^T dO as W^T (dO / sums): the division on [T, D], not on the [T, S] weights.
+    dv_BxHxTxD = dv_BxHxTxD.at[:, :, :end].add(f32(
+        'bhts,bhtd->bhsd', weights_BxHxTxS.astype(dtype), (dout / sums_BxHxTx1).astype(dtype)))
+  dq_BxHxTxD = jnp.concatenate(dqs, axis=2)
+  return (dq_BxHxTxD.astype(dtype), dk_BxHxTxD.astype(k_BxHxTxD.dtype),
+          dv_BxHxTxD.astype(v_BxHxTxD.dtype), None)
+
+
+causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 
 class Attention(nn.Module):
@@ -172,25 +247,20 @@ class Attention(nn.Module):
       k_BxHxSxD = write(layer_cache['k'], k_BxHxTxD)
       v_BxHxSxD = write(layer_cache['v'], v_BxHxTxD)
       layer_cache = {'k': k_BxHxSxD, 'v': v_BxHxSxD}
-    t, length = q_BxHxTxD.shape[2], k_BxHxSxD.shape[2]
-    q_slot_T = jnp.arange(t) + (0 if index is None else index)
-    causal_TxS = jnp.arange(length)[None, :] <= q_slot_T[:, None]
-    mask_Bx1xTxS = (causal_TxS[None] & (kv_pos_BxS[:, None, :] >= 0))[:, None]
-    if cfg.attention == 'dot_product':  # jax.nn's: cuDNN flash attention where available.
-      out_BxTxHxD = jax.nn.dot_product_attention(
-          q_BxTxHxD, jnp.swapaxes(k_BxHxSxD, 1, 2), jnp.swapaxes(v_BxHxSxD, 1, 2),
-          mask=mask_Bx1xTxS)
-    else:
-      # Query blocks: with no cache (slot = position in the sequence) a block's queries see only
-      # the keys up to its end, so the score blocks above the diagonal are never computed.
-      block = cfg.attention_block if layer_cache is None and cfg.attention_block else t
-      outs = []
-      for i in range(0, t, block):
-        end = length if layer_cache is not None else min(i + block, t)
-        outs.append(_attend(q_BxHxTxD[:, :, i:i + block], k_BxHxSxD[:, :, :end],
-                            v_BxHxSxD[:, :, :end], mask_Bx1xTxS[:, :, i:i + block, :end], cfg))
-      out_BxHxTxD = jnp.concatenate(outs, axis=2)
+    if cfg.attention == 'einsum' and layer_cache is None:
+      out_BxHxTxD = causal_attention(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, kv_pos_BxS >= 0,
+                                     cfg.attention_block)
       out_BxTxHxD = jnp.swapaxes(out_BxHxTxD, 1, 2)
+    else:
+      q_slot_T = jnp.arange(q_BxHxTxD.shape[2]) + (0 if index is None else index)
+      mask_Bx1xTxS = _mask(kv_pos_BxS >= 0, q_slot_T)
+      if cfg.attention == 'dot_product':  # jax.nn's: cuDNN flash attention where available.
+        out_BxTxHxD = jax.nn.dot_product_attention(
+            q_BxTxHxD, jnp.swapaxes(k_BxHxSxD, 1, 2), jnp.swapaxes(v_BxHxSxD, 1, 2),
+            mask=mask_Bx1xTxS)
+      else:
+        out_BxTxHxD = jnp.swapaxes(
+            _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS)[0], 1, 2)
     out_BxTxE = _dense(cfg, cfg.d_model, ('heads', 'head_dim', 'embed'), 'out',
                        in_axis=(-2, -1))(out_BxTxHxD)
     return out_BxTxE, layer_cache

@@ -82,6 +82,8 @@ def test_causality_gradient(positions, pos_ids):
 
 
 def test_attention_implementations_and_remat_agree():
+  """jax.nn's attention (differentiated by JAX) and remat give the einsum path's logits and
+  gradients, whose attention backward is written by hand."""
   cfg = make_cfg()
   params, tokens = init(cfg)
   want = model_lib.Transformer(cfg).apply({'params': params}, tokens)[0]
@@ -90,9 +92,31 @@ def test_attention_implementations_and_remat_agree():
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
   loss = lambda c, p: jnp.sum(model_lib.Transformer(c).apply({'params': p}, tokens)[0] ** 2)
   want_g = jax.grad(lambda p: loss(cfg, p))(params)
-  got_g = jax.grad(lambda p: loss(cfg.replace(remat='full'), p))(params)
-  for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):  # Recomputed in float32.
-    np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
+  for other in (cfg.replace(attention='dot_product'), cfg.replace(remat='full')):
+    got_g = jax.grad(lambda p, c=other: loss(c, p))(params)
+    for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):  # Recomputed in float32.
+      np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize('block, dtype', [(0, jnp.float32), (4, jnp.float32),
+                                          (5, jnp.float32), (5, jnp.bfloat16)])
+def test_causal_attention_backward_equals_autodiff(block, dtype):
+  """The hand-written backward of causal_attention gives JAX's gradients of the same forward,
+  padding queries (a row with no valid key) and a short last block included."""
+  b, h, t, d = 2, 3, 12, 8
+  q, k, v, dout = (jax.random.normal(key, (b, h, t, d), dtype)
+                   for key in jax.random.split(jax.random.key(0), 4))
+  valid = jnp.ones((b, t), bool).at[1, :3].set(False)
+  out, vjp = jax.vjp(lambda *qkv: model_lib.causal_attention(*qkv, valid, block), q, k, v)
+  want_out, want_vjp = jax.vjp(
+      lambda *qkv: model_lib._causal_attention_fwd(*qkv, valid, block)[0], q, k, v)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want_out, np.float32),
+                             rtol=tol, atol=tol)
+  for name, got, want in zip('qkv', vjp(dout), want_vjp(dout)):
+    assert got.dtype == dtype, name
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=tol, atol=tol, err_msg=f'd{name}')
 
 
 @pytest.mark.parametrize('block', [4, 5, 7])
