@@ -141,22 +141,17 @@ def _mask(valid_BxS, q_slot_T):
   return (causal_TxS[None] & valid_BxS[:, None, :])[:, None]
 
 
-def _weights(q_BxHxTxD, k_BxHxSxD, mask_Bx1xTxS):
-  """Unnormalised softmax weights of the scaled scores, float32, and their row sums."""
+def _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS):
+  """Softmax attention, normalised after the value product: dividing the [T, D] output by the
+  row sums, not the [T, S] weights, saves a pass over the scores. Returns the output and, for
+  the backward pass, the unnormalised float32 weights and their row sums."""
   scores_BxHxTxS = jnp.einsum('bhtd,bhsd->bhts', q_BxHxTxD, k_BxHxSxD,
                               preferred_element_type=jnp.float32) / jnp.sqrt(q_BxHxTxD.shape[-1])
   scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, _NEG_INF)
   # The max only keeps exp in range; the result does not depend on it.
   top_BxHxTx1 = jax.lax.stop_gradient(scores_BxHxTxS.max(axis=-1, keepdims=True))
   weights_BxHxTxS = jnp.exp(scores_BxHxTxS - top_BxHxTx1)
-  return weights_BxHxTxS, weights_BxHxTxS.sum(axis=-1, keepdims=True)
-
-
-def _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS):
-  """Softmax attention, normalised after the value product: dividing the [T, D] output by the
-  row sums, not the [T, S] weights, saves a pass over the scores. Returns the output and, for
-  the backward pass, the unnormalised weights and their row sums."""
-  weights_BxHxTxS, sums_BxHxTx1 = _weights(q_BxHxTxD, k_BxHxSxD, mask_Bx1xTxS)
+  sums_BxHxTx1 = weights_BxHxTxS.sum(axis=-1, keepdims=True)
   out_BxHxTxD = jnp.einsum('bhts,bhsd->bhtd', weights_BxHxTxS.astype(v_BxHxSxD.dtype), v_BxHxSxD,
                            preferred_element_type=jnp.float32)
   return (out_BxHxTxD / sums_BxHxTx1).astype(q_BxHxTxD.dtype), weights_BxHxTxS, sums_BxHxTx1
@@ -199,9 +194,8 @@ def _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block):
 
 def _causal_attention_bwd(block, residuals, dout_BxHxTxD):
   """dQ, dK, dV (and no cotangent for the boolean mask) block by block: with P = W / sums,
-  dP = dO V^T, dS = P * (dP - rowsum(dO * O)) on the visible keys, dQ = dS K, dK = dS^T Q and
-  dV = P^T dO, each scaled by 1/sqrt(D) where the scores were (the forward divides by sqrt(D),
-  this multiplies by its reciprocal)."""
+  dP = dO V^T, dS = P * (dP - rowsum(dO * O)) / sqrt(D) on the visible keys (0 elsewhere),
+  dQ = dS K, dK = dS^T Q and dV = P^T dO."""
   q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, out_BxHxTxD, saved = residuals
   scale = q_BxHxTxD.shape[-1] ** -0.5
   einsum_f32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
