@@ -42,7 +42,9 @@ def faulting_calls(arm, env=None):
 def test_reuse_stops_page_faults_per_execution():
   # glibc's defaults give the temporary back to the kernel after every call.
   assert faulting_calls('default') >= CALLS - 2
-  # With the settings the heap grows by a few temporaries (allocations of one call overlap the
-  # frees of the last), then serves every call from memory it holds.
-  assert faulting_calls('mallopt') <= CALLS // 4  # Set in-process, as launch.py does.
-  assert faulting_calls('env', host_memory.ENV) <= CALLS // 4  # As the bench gives its peers.
+  # With the settings the heap grows by a few temporaries where one call's allocations overlap
+  # the last one's frees, mostly in the first calls and now and then later; then it serves the
+  # calls from memory it holds. 1-11 of 40 calls faulted over 23 probe runs, so the bound is
+  # half: a quarter failed a suite run at 11.
+  assert faulting_calls('mallopt') <= CALLS // 2  # Set in-process, as launch.py does.
+  assert faulting_calls('env', host_memory.ENV) <= CALLS // 2  # As the bench gives its peers.
