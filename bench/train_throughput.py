@@ -1,7 +1,8 @@
 """Train-step throughput and MFU of selffb, beside the plain-JAX yardstick.
 
-    python bench/train_throughput.py [--steps 10] [--set model.dtype=bfloat16 ...] [--phases]
-        [--torch-python /path/to/venv/bin/python] [--out bench/results/train_throughput.json]
+    python bench/train_throughput.py [--steps 10] [--rounds 1] [--set model.dtype=bfloat16 ...]
+        [--phases] [--torch-python /path/to/venv/bin/python]
+        [--out bench/results/train_throughput.json]
 
 Reference shape: 4 layers, 4 heads, d_model 256, seq 256, batch 16, vocabulary 256, float32.
 selffb runs its real `train_step` (feedback loss, the full Optax chain) with learned positions,
@@ -19,13 +20,17 @@ under selffb's process settings: its options as XLA_FLAGS and its malloc setting
 peers run under the malloc settings too. `--phases` also times selffb's loss alone and the loss
 with its gradients, compiled as the step is, and splits the step into forward, backward and the
 rest (the optimizer update and the metrics) by difference, so with few `--steps` the rest can
-come out below zero: noise.
+come out below zero: noise. `--rounds R` compiles selffb once and then times it, the peak and
+every peer R times in turn, so that a machine whose speed drifts moves them all alike; it
+prints each round's ratio of selffb's `ce` step to every peer and reports medians (the JSON
+keeps every round).
 """
 import argparse
 import ast
 import functools
 import itertools
 import os
+import statistics
 import time
 
 import common  # pylint: disable=g-bad-import-order
@@ -76,19 +81,18 @@ def config_with(loss, overrides):
   return c
 
 
-def time_phases(s, params, batch, steps, warmup):
-  """Median seconds of the training loss alone and of the loss with its gradients, jitted with
-  the step's compiler options and the batch as an argument, as in `train.train_step`."""
+def phase_functions(s):
+  """`f(params, batch)` for the training loss alone and for the loss with its gradients, jitted
+  with the step's compiler options and the batch as an argument, as in `train.train_step`."""
   loss = functools.partial(train.loss_fn, model=train.training_model(s), fb=s.fb)
   of_params = lambda p, bt: loss(p, bt, jax.random.key(1), jnp.sum(bt['loss_mask']))[0]
   opts = xla_flags.for_mesh(s.config, s.mesh)
-  forward = jax.jit(of_params, compiler_options=opts)
-  backward = jax.jit(jax.grad(of_params), compiler_options=opts)
-  return [common.timed(lambda f=f: jax.block_until_ready(f(params, batch)), steps, warmup)[0]
-          for f in (forward, backward)]
+  return [jax.jit(f, compiler_options=opts) for f in (of_params, jax.grad(of_params))]
 
 
-def time_selffb(c, steps, warmup, peak, phases=False):
+def selffb_timer(c, phases=False):
+  """Compiles selffb's train step for `c` and returns `measure(steps, warmup, peak)`, which times
+  it (and with `phases` its forward and backward) and returns the result record."""
   b, t, v = c.data.batch_size, c.data.seq_len, c.model.vocab_size
   s = train.Setup(config=c, model_cfg=model_lib.ModelConfig.from_config(c.model),
                   tokenizer=data.ByteTokenizer(), layout=data.Layout(), splits={}, seq_len=t,
@@ -107,34 +111,40 @@ def time_selffb(c, steps, warmup, peak, phases=False):
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
   i = itertools.count()
+  n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+  flops = model_flops(c, n_params)
+  if phases and c.train.grad_accum_steps > 1:
+    print('--phases skipped: they time the whole batch at once, and this step accumulates '
+          f'{c.train.grad_accum_steps} microbatches')
+  phase_fns = phase_functions(s) if phases and c.train.grad_accum_steps == 1 else []
 
   def step():
     nonlocal state
     state, m = p_train(state, batches[next(i) % 4], jax.random.key(1))
     return jax.block_until_ready(m)
 
-  med, m = common.timed(step, steps, warmup)
-  n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-  flops = model_flops(c, n_params)
-  result = {'name': f'selffb_train_{c.feedback.loss}', 'median_s': med,
-            'tokens_per_s': b * t / med, 'compile_s': compile_s, 'n_params': n_params,
-            'model_gflop_per_step': flops / 1e9, 'mfu_pct': 100 * flops / med / peak,
-            'loss_last': float(m['loss'])}
-  if phases and c.train.grad_accum_steps > 1:
-    print('--phases skipped: they time the whole batch at once, and this step accumulates '
-          f'{c.train.grad_accum_steps} microbatches')
-  elif phases:
-    fwd, fwd_bwd = time_phases(s, state.params, batches[0], steps, warmup)
-    result['phases_s'] = {'forward': fwd, 'backward': fwd_bwd - fwd, 'rest': med - fwd_bwd}
-    print(f'{result["name"]} phases: ' + ', '.join(
-        f'{k} {v:.3f} s ({100 * v / med:.0f}%)' for k, v in result['phases_s'].items()))
-  return result
+  def measure(steps, warmup, peak):
+    med, m = common.timed(step, steps, warmup)
+    result = {'name': f'selffb_train_{c.feedback.loss}', 'median_s': med,
+              'tokens_per_s': b * t / med, 'compile_s': compile_s, 'n_params': n_params,
+              'model_gflop_per_step': flops / 1e9, 'mfu_pct': 100 * flops / med / peak,
+              'loss_last': float(m['loss'])}
+    if phase_fns:  # The state's params as they are now: the step donates the ones before.
+      fwd, fwd_bwd = (common.timed(lambda f=f: jax.block_until_ready(f(state.params, batches[0])),
+                                   steps, warmup)[0] for f in phase_fns)
+      result['phases_s'] = {'forward': fwd, 'backward': fwd_bwd - fwd, 'rest': med - fwd_bwd}
+      print(f'{result["name"]} phases: ' + ', '.join(
+          f'{k} {v:.3f} s ({100 * v / med:.0f}%)' for k, v in result['phases_s'].items()))
+    return result
+  return measure
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--steps', type=int, default=10)
   ap.add_argument('--warmup', type=int, default=3)
+  ap.add_argument('--rounds', type=int, default=1,
+                  help='time selffb and every peer this many times, alternating; report medians')
   ap.add_argument('--set', action='append', default=[], help='config override key=value')
   ap.add_argument('--phases', action='store_true',
                   help='also split the selffb step into forward, backward and the rest')
@@ -146,18 +156,49 @@ def main():
   # Before the first JAX call, so that the backend's threads allocate under these settings.
   reuse = configs[0].train.reuse_host_memory and host_memory.reuse_freed_memory()
   options = xla_flags.for_mesh(configs[0], sharding.make_mesh(configs[0].mesh, jax.devices()[:1]))
-  peak = peak_flops(options)
-  print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s; selffb step compiler '
-        f'options: {options or "none"}; host memory reuse: {bool(reuse)}')
-  results = [time_selffb(c, args.steps, args.warmup, peak, args.phases) for c in configs]
-  yard = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup', args.warmup,
-                          '--peak-gflops', peak / 1e9)
-  base = yard and yard['jax_ref_train']
-  peers = [base] if base else []
+  print(f'selffb step compiler options: {options or "none"}; host memory reuse: {bool(reuse)}')
+  measures = [selffb_timer(c, args.phases) for c in configs]
   # The process settings selffb runs under, for the peers: its XLA options as XLA_FLAGS (JAX
   # only) and its malloc settings (all of them, so that no peer runs with less than selffb).
   malloc_env = host_memory.ENV if reuse else {}
   jax_env = dict(malloc_env, **({'XLA_FLAGS': xla_flags.as_xla_flags(options)} if options else {}))
+  rounds = []
+  for r in range(args.rounds):  # Each round times everything again: drift moves all runs alike.
+    peak = peak_flops(options)
+    print(f'round {r + 1}/{args.rounds}: measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s',
+          flush=True)
+    results = [measure(args.steps, args.warmup, peak) for measure in measures]
+    base, peers = time_peers(args, peak, jax_env, malloc_env)
+    rounds.append({'peak_gflops': peak / 1e9, 'selffb': results, 'yardstick': base,
+                   'peers': peers, 'ratios': {
+                       x['name']: {p['name']: x['tokens_per_s'] / p['tokens_per_s']
+                                   for p in peers} for x in results}})
+  results = [median_record([rd['selffb'][i] for rd in rounds]) for i in range(len(configs))]
+  peers = [median_record([rd['peers'][i] for rd in rounds]) for i in range(len(rounds[0]['peers']))]
+  base = peers[0] if rounds[0]['yardstick'] else None
+  ratios = {x['name']: {p['name']: statistics.median(rd['ratios'][x['name']][p['name']]
+                                                     for rd in rounds) for p in peers}
+            for x in results}
+  if args.rounds > 1:
+    print(f'medians over {args.rounds} rounds; selffb_train_ce against each peer, round by round:')
+    for p in peers:
+      print(f'  {p["name"]:<30}' + ' '.join(
+          f'{rd["ratios"]["selffb_train_ce"][p["name"]]:.2f}x' for rd in rounds)
+            + f'   median {ratios["selffb_train_ce"][p["name"]]:.2f}x')
+  common.table(results + peers, base)
+  for x in results + peers:
+    print(f'{x["name"]}: MFU {x["mfu_pct"]:.1f}%')
+  common.write_report(args.out, peak_gflops=statistics.median(rd['peak_gflops'] for rd in rounds),
+                      overrides=args.set, selffb_compiler_options=options, peer_env=jax_env,
+                      selffb=results, yardstick=base, peers=peers, ratios=ratios, rounds=rounds)
+
+
+def time_peers(args, peak, jax_env, malloc_env):
+  """(the yardstick's record or None, every peer's record, the yardstick's first)."""
+  yard = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup', args.warmup,
+                          '--peak-gflops', peak / 1e9)
+  base = yard and yard['jax_ref_train']
+  peers = [base] if base else []
   if base and jax_env:
     tuned = common.yardstick('bench_jax_train.py', '--steps', args.steps, '--warmup',
                              args.warmup, '--peak-gflops', peak / 1e9,
@@ -173,15 +214,15 @@ def main():
                              '--warmup', args.warmup, '--peak-gflops', peak / 1e9,
                              python=args.torch_python, env=malloc_env)
     peers += list(torch.values()) if torch else []
-  common.table(results + peers, base)
-  for r in results + peers:
-    print(f'{r["name"]}: MFU {r["mfu_pct"]:.1f}%')
-  common.write_report(args.out, peak_gflops=peak / 1e9, overrides=args.set,
-                      selffb_compiler_options=options, peer_env=jax_env, selffb=results,
-                      yardstick=base, peers=peers, ratios={
-                          r['name']: {p['name']: r['tokens_per_s'] / p['tokens_per_s']
-                                      for p in peers} for r in results})
+  return base, peers
 
+
+def median_record(records):
+  """One run's records over the rounds as one: the medians of its timings, the rest the first's."""
+  out = dict(records[0])
+  for key in ('median_s', 'tokens_per_s', 'mfu_pct'):
+    out[key] = statistics.median(x[key] for x in records)
+  return out
 
 if __name__ == '__main__':
   main()
