@@ -2,12 +2,11 @@
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 
 import jax
+from timing import timed  # pylint: disable=unused-import  (common.timed, for the scripts)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=g-import-not-at-top
@@ -56,15 +55,3 @@ def table(rows, baseline):
     ratio = f'{r["tokens_per_s"] / baseline["tokens_per_s"]:.2f}x' if baseline else 'n/a'
     print(f'{r["name"]:<30}{r["tokens_per_s"]:>12,.0f}{r["median_s"]:>10.3f}'
           f'{r.get("compile_s", float("nan")):>11.2f}{ratio:>9}')
-
-
-def timed(fn, reps, warmup=1):
-  """(median seconds of `reps` calls after `warmup` untimed ones, the last output)."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), out

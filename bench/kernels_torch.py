@@ -9,24 +9,13 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from timing import timed  # bench/timing.py, JAX-free like this script
+
 B, T, E, H, M = 16, 256, 256, 4, 1024
-
-
-def timed(fn, reps, warmup=3):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def fwd_bwd(fn, *args):
@@ -96,10 +85,10 @@ def main():
   out = {}
   for name, fn in ops(args.nanogpt_model).items():
     if name.endswith('_fb'):
-      out[name] = timed(fn, args.reps)
+      out[name] = timed(fn, args.reps, warmup=3)[0]
     else:
       with torch.no_grad():
-        out[name] = timed(fn, args.reps)
+        out[name] = timed(fn, args.reps, warmup=3)[0]
   print('RESULT ' + json.dumps(out))
 
 

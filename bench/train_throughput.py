@@ -113,10 +113,12 @@ def selffb_timer(c, phases=False):
   i = itertools.count()
   n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   flops = model_flops(c, n_params)
+  phase_fns = []
   if phases and c.train.grad_accum_steps > 1:
     print('--phases skipped: they time the whole batch at once, and this step accumulates '
           f'{c.train.grad_accum_steps} microbatches')
-  phase_fns = phase_functions(s) if phases and c.train.grad_accum_steps == 1 else []
+  elif phases:
+    phase_fns = phase_functions(s)
 
   def step():
     nonlocal state
