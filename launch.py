@@ -20,7 +20,8 @@ _MULTIHOST = flags.DEFINE_bool(
     'multihost', os.environ.get('SELFFB_MULTIHOST') == '1',
     'Call jax.distributed.initialize() first (every host runs the same command). Cluster '
     'settings are detected (TPU pods, SLURM, Open MPI) unless the three flags below are given.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'multihost: host:port of process 0.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'multihost: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'multihost: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'multihost: this process, 0-based.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'sample mode: a prompt (repeatable).')
@@ -43,7 +44,7 @@ def main(argv):
   # Before JAX's backend starts its threads; for the training modes only, since it makes
   # compiling slower and eval and sample mostly compile.
   if _MODE.value in ('train', 'selftrain') and _CONFIG.value.train.reuse_host_memory:
-    from selffb import host_memory  # pylint: disable=g-import-not-at-top
+    from selffb.cpu import host_memory  # pylint: disable=g-import-not-at-top
     logging.info('host memory reuse (glibc malloc settings): %s',
                  'on' if host_memory.reuse_freed_memory() else 'unavailable, not glibc')
   if _MULTIHOST.value:
@@ -51,20 +52,22 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info('process %d of %d; %d local and %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-  from selffb import modes, selftrain, train  # After flag parsing, so --help stays fast.
+  # After flag parsing, so --help stays fast.
+  from selffb import selftrain  # pylint: disable=g-import-not-at-top
+  from selffb.modes import evaluate, sample, train  # pylint: disable=g-import-not-at-top
   logging.info('config:\n%s', _CONFIG.value)
   if _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'selftrain':
     selftrain.run_selftrain(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'eval':
-    modes.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   else:
     prompts = list(_PROMPT.value)
     if _PROMPTS_FILE.value:
       with open(_PROMPTS_FILE.value) as f:
         prompts += [line.rstrip('\n') for line in f if line.strip()]
-    modes.sample_checkpoint(_CONFIG.value, _WORKDIR.value, prompts)
+    sample.sample_checkpoint(_CONFIG.value, _WORKDIR.value, prompts)
 
 
 if __name__ == '__main__':

@@ -15,11 +15,20 @@ SHARED_BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.
                             'bench')
 
 
+VOCAB = 256  # The yardstick's vocabulary (selffb's byte tokenizer has 259).
+
+
+def reference_model_config(c):
+  """The frozen model config of `c` with the yardstick's vocabulary."""
+  from selffb import models  # pylint: disable=g-import-not-at-top
+  return models.get(c.model.kind).Config.from_config(c.model, VOCAB)
+
+
 def reference_config():
   """4 layers, 4 heads, d_model 256, vocabulary 256, learned positions, LayerNorm, GELU, biases,
   tied, float32: the yardstick's GPT-2 architecture; attention in query blocks of 128."""
   c = default.get_config()
-  c.model.update(vocab_size=256, num_layers=4, num_heads=4, d_model=256, mlp_dim=1024,
+  c.model.update(num_layers=4, num_heads=4, d_model=256, mlp_dim=1024,
                  positions='learned', max_len=256, norm='layernorm', mlp='gelu',
                  tie_embeddings=True, use_bias=True, attention_block=128)
   c.mesh.data = 1

@@ -7,9 +7,9 @@ beside the same ops in eager PyTorch, to show which kernels a whole-step ratio c
 The ops (batch 16 x seq 256 rows, d_model 256, MLP 1024, 4 heads of 64): the projections'
 forward, weight-gradient and input-gradient products, GELU, LayerNorm, a residual add, causal
 attention, and one whole transformer block, forward alone and forward+backward (`_fb`).
-selffb's side runs its own functions (`model.causal_attention`, `model.Block`, Flax's
+selffb's side runs its own functions (`attention.causal_attention`, `decoder.Block`, Flax's
 LayerNorm and tanh GELU as `model.Mlp` uses them) jitted with the step's compiler options
-(selffb/xla_flags.py) under its malloc settings (selffb/host_memory.py). The PyTorch side
+(selffb/cpu/xla_flags.py) under its malloc settings (selffb/cpu/host_memory.py). The PyTorch side
 (`kernels_torch.py`, run by `--torch-python`, an interpreter with torch; never a selffb
 dependency) runs nanoGPT's choices: `F.linear`, exact GELU, `F.layer_norm`,
 `scaled_dot_product_attention(is_causal=True)`, and nanoGPT's `Block` when its model.py is at
@@ -38,10 +38,12 @@ import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
-from selffb import host_memory  # pylint: disable=wrong-import-position
-from selffb import model as model_lib  # pylint: disable=wrong-import-position
 from selffb import sharding  # pylint: disable=wrong-import-position
-from selffb import xla_flags  # pylint: disable=wrong-import-position
+from selffb.cpu import host_memory  # pylint: disable=wrong-import-position
+from selffb.cpu import xla_flags  # pylint: disable=wrong-import-position
+from selffb.models import attention as attention_lib  # pylint: disable=wrong-import-position
+from selffb.models import decoder  # pylint: disable=wrong-import-position
+from selffb.models import layers  # pylint: disable=wrong-import-position
 
 B, T, E, H, M = 16, 256, 256, 4, 1024
 
@@ -49,7 +51,7 @@ B, T, E, H, M = 16, 256, 256, 4, 1024
 def jax_ops():
   """{name: (function, args)} for selffb's side, each name matching kernels_torch.py's."""
   c = common.reference_config()
-  cfg = model_lib.ModelConfig.from_config(c.model)
+  cfg = common.reference_model_config(c)
   assert (cfg.d_model, cfg.num_heads, cfg.mlp_dim) == (E, H, M), cfg
   keys = iter(jax.random.split(jax.random.key(0), 16))
   normal = lambda *shape: jax.random.normal(next(keys), shape, jnp.float32)
@@ -57,12 +59,13 @@ def jax_ops():
   w_qkv, w_up, b_up, w_down = normal(E, 3 * E), normal(E, M), normal(M), normal(M, E)
   q, k, v = (normal(B, H, T, E // H) for _ in range(3))
   valid = jnp.ones((B, T), bool)
-  norm = model_lib._norm(cfg, 'norm')  # pylint: disable=protected-access
+  norm = layers.norm(cfg, 'norm')
   norm_params = norm.init(next(keys), x)
-  block = model_lib.Block(cfg)
+  block = decoder.Block(cfg)
   xs, pos = normal(B, T, E), jnp.broadcast_to(jnp.arange(T), (B, T))
   block_params = block.init(next(keys), xs, pos, pos, None, None)
-  attention = lambda q, k, v: model_lib.causal_attention(q, k, v, valid, cfg.attention_block)
+  attention = lambda q, k, v: attention_lib.causal_attention(q, k, v, valid,
+                                                            cfg.attention_block)
   block_fwd = lambda p, x: block.apply(p, x, pos, pos, None, None)[0]
 
   def fwd_bwd(fn, *args):  # Forward and the gradients of every argument for a fixed cotangent.

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selffb import model as model_lib
+from selffb import models
 from selffb import sampling
 
 BATCH, PROMPT, NEW = 16, 128, 128
@@ -28,14 +28,16 @@ def main():
   ap.add_argument('--naive-reps', type=int, default=1)
   ap.add_argument('--out', default='bench/results/sampling.json')
   args = ap.parse_args()
-  cfg = model_lib.ModelConfig.from_config(common.reference_config().model)
-  model = model_lib.Transformer(cfg)
+  c = common.reference_config()
+  model_kind = models.get(c.model.kind)
+  cfg = common.reference_model_config(c)
+  model = model_kind.build(cfg)
   prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (BATCH, PROMPT), np.int32)
   params = nn.unbox(model.init(jax.random.key(0), jnp.asarray(prompts))['params'])
   sp = sampling.SamplingParams(max_new_tokens=NEW)
 
-  generate = lambda: sampling.generate(params, list(prompts), cfg=cfg, sp=sp, eos_id=-1,
-                                       pad_id=0)
+  generate = lambda: sampling.generate(params, list(prompts), model=model_kind, cfg=cfg, sp=sp,
+                                       eos_id=-1, pad_id=0)
   t0 = time.perf_counter()
   generate()
   compile_kv = time.perf_counter() - t0
@@ -43,7 +45,7 @@ def main():
 
   @functools.partial(jax.jit, donate_argnums=1)
   def naive_step(params, buf_BxL, n):
-    logits_BxLxV, _ = model.apply({'params': params}, buf_BxL)
+    logits_BxLxV = model.apply({'params': params}, buf_BxL)[0]['logits']
     token_B = jnp.argmax(jax.lax.dynamic_index_in_dim(logits_BxLxV, n - 1, 1, False), -1)
     return jax.lax.dynamic_update_slice(buf_BxL, token_B[:, None].astype(jnp.int32), (0, n))
 

@@ -14,7 +14,7 @@ $PEER_DIR/nanogpt_model.py (default ~/.cache/selffb-peers), both eager. `--set` 
 key of the config. MFU = (6 N B T + 12 L d T^2 B) / step time / peak, with N without position
 embeddings and the peak measured here by a 2048^2 float32 matmul.
 The peak is the faster of that matmul under XLA's defaults and under selffb's step compiler
-options (selffb/xla_flags.py). selffb keeps freed host memory (selffb/host_memory.py,
+options (selffb/cpu/xla_flags.py). selffb keeps freed host memory (selffb/cpu/host_memory.py,
 `train.reuse_host_memory`). The yardstick runs as plain JAX (XLA's defaults) and once more
 under selffb's process settings: its options as XLA_FLAGS and its malloc settings; the PyTorch
 peers run under the malloc settings too. `--phases` also times selffb's loss alone and the loss
@@ -38,13 +38,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selffb import data
-from selffb import host_memory
-from selffb import model as model_lib
+from selffb import models
 from selffb import optim
 from selffb import sharding
-from selffb import train
-from selffb import xla_flags
+from selffb import tasks
+from selffb.cpu import host_memory
+from selffb.cpu import xla_flags
+from selffb.data import tokenizers
+from selffb.feedback import losses
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+from selffb.train import step as step_lib
 
 
 def peak_flops(options, n=2048, reps=20):
@@ -83,9 +87,11 @@ def config_with(loss, overrides):
 
 def phase_functions(s):
   """`f(params, batch)` for the training loss alone and for the loss with its gradients, jitted
-  with the step's compiler options and the batch as an argument, as in `train.train_step`."""
-  loss = functools.partial(train.loss_fn, model=train.training_model(s), fb=s.fb)
-  of_params = lambda p, bt: loss(p, bt, jax.random.key(1), jnp.sum(bt['loss_mask']))[0]
+  with the step's compiler options and the batch as an argument, as in `step.train_step`."""
+  apply_fn = step_lib.apply_fn(s, training=True)
+  loss_fn = functools.partial(s.task.loss_fn, fb=s.fb)
+  of_params = lambda p, bt: loss_fn(apply_fn(p, bt, {'dropout': jax.random.key(1)}), bt,
+                                    jnp.sum(bt['loss_mask']))[0]
   opts = xla_flags.for_mesh(s.config, s.mesh)
   return [jax.jit(f, compiler_options=opts) for f in (of_params, jax.grad(of_params))]
 
@@ -93,14 +99,17 @@ def phase_functions(s):
 def selffb_timer(c, phases=False):
   """Compiles selffb's train step for `c` and returns `measure(steps, warmup, peak)`, which times
   it (and with `phases` its forward and backward) and returns the result record."""
-  b, t, v = c.data.batch_size, c.data.seq_len, c.model.vocab_size
-  s = train.Setup(config=c, model_cfg=model_lib.ModelConfig.from_config(c.model),
-                  tokenizer=data.ByteTokenizer(), layout=data.Layout(), splits={}, seq_len=t,
-                  mesh=sharding.make_mesh(c.mesh, jax.devices()[:1]),
-                  tx=optim.make_optimizer(c.optim, c.train.num_steps),
-                  fb=train.FeedbackSpec.from_config(c.feedback))
-  state, state_sh = train.init_state(s, jax.random.key(0))
-  p_train, _ = train.compile_steps(s, state_sh)
+  b, t, v = c.data.batch_size, c.data.seq_len, common.VOCAB
+  task = tasks.get(c.data.task)
+  s = setup_lib.Setup(config=c, model=models.get(c.model.kind),
+                      model_cfg=common.reference_model_config(c),
+                      task=task, tokenizer=tokenizers.get(c.data.tokenizer),
+                      fmt=task.batch_format(c), splits={}, seq_len=t,
+                      mesh=sharding.make_mesh(c.mesh, jax.devices()[:1]),
+                      tx=optim.make_optimizer(c.optim, c.train.num_steps),
+                      fb=losses.FeedbackSpec.from_config(c.feedback))
+  state, state_sh = state_lib.init_state(s, jax.random.key(0))
+  p_train, _ = step_lib.compile_steps(s, state_sh)
   rng = np.random.default_rng(0)
   batches = [sharding.put_batch(s.mesh, {
       'inputs': rng.integers(3, v, (b, t), dtype=np.int32),

@@ -2,7 +2,7 @@
 self-feedback loss, then teaches itself 6, 7 and 8 digits in three self-training rounds
 (`--mode=selftrain`; `--mode=train` runs the base training alone).
 
-Every key selffb reads is declared here with a one-line comment; other configs are deltas of this one.
+Every key selffb reads is declared here with a one-line comment; other configs are deltas of it.
 """
 import ml_collections
 
@@ -13,7 +13,7 @@ def get_config(arg=None):
   c.seed = 0  # Seeds parameter init, data generation and order, dropout.
 
   c.model = ml_collections.ConfigDict()
-  c.model.vocab_size = 259  # Byte tokenizer: 256 bytes + pad, bos, eos.
+  c.model.kind = 'decoder'  # Model kind (selffb/models): 'decoder'. Vocab is the tokenizer's.
   c.model.num_layers = 4  # Transformer blocks.
   c.model.num_heads = 4  # Attention heads; must divide d_model.
   c.model.d_model = 64  # Residual stream width.
@@ -22,45 +22,46 @@ def get_config(arg=None):
   c.model.norm = 'layernorm'  # Pre-norm kind: 'layernorm' or 'rmsnorm'.
   c.model.positions = 'rope'  # 'rope', 'learned' or 'none' (NoPE).
   c.model.rope_base = 10_000.0  # RoPE wavelength base.
-  c.model.max_len = 64  # Longest sequence: training length and, with learned positions, prompt + new tokens.
+  c.model.max_len = 64  # Longest seq: train length and, w/ learned positions, prompt + new tokens.
   c.model.tie_embeddings = True  # Output projection shares the input embedding.
   c.model.use_bias = True  # Biases on the attention and MLP projections (GPT-2 style).
   c.model.dropout = 0.0  # Dropout on attention and MLP outputs (training only).
   c.model.param_dtype = 'float32'  # Parameter storage dtype: 'float32' or 'bfloat16'.
   c.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'; logits are always float32.
-  c.model.remat = 'none'  # Recompute blocks in the backward pass: 'none', 'full', 'dots', 'dots_no_batch'.
+  c.model.remat = 'none'  # Backward-pass recompute: 'none', 'full', 'dots', 'dots_no_batch'.
   c.model.scan_layers = False  # nn.scan over blocks (compiles once; unrolled ran faster on a CPU).
-  c.model.attention = 'einsum'  # 'einsum', or 'dot_product' (jax.nn.dot_product_attention; cuDNN on GPUs).
-  c.model.attention_block = 128  # einsum, no cache: query blocks this long skip the keys after them; 0 = one block.
+  c.model.attention = 'einsum'  # 'einsum'/'dot_product' (jax.nn.dot_product_attention; GPU: cuDNN).
+  c.model.attention_block = 128  # einsum, no cache: q-blocks this long skip later keys; 0 = 1 block
 
   c.data = ml_collections.ConfigDict()
-  c.data.task = 'addition'  # 'addition' (built-in reversed addition) or 'text' (local files).
+  c.data.task = 'addition'  # Task (selffb/tasks): 'addition' (built-in) or 'text' (local files).
+  c.data.tokenizer = 'byte'  # selffb/data/tokenizers.py: 'byte' (256 bytes + 3 specials).
   c.data.data_dir = ''  # Where the ArrayRecord datasets are written; '' means <workdir>/data.
   c.data.batch_size = 128  # Global training batch, in sequences.
   c.data.eval_batch_size = 500  # Sequences per evaluation batch.
-  c.data.seq_len = 0  # Training sequence length in tokens; 0 means the task's longest training example.
+  c.data.seq_len = 0  # Train seq length (tokens); 0: the task's longest train example.
   c.data.addition = ml_collections.ConfigDict()
   c.data.addition.min_digits = 1  # Shortest operand in training, in digits.
-  c.data.addition.max_digits = 4  # Longest operand in training; each operand's length is drawn independently.
+  c.data.addition.max_digits = 4  # Longest train operand; operand lengths drawn independently.
   c.data.addition.num_train = 100_000  # Training problems.
-  c.data.addition.num_validation = 1_000  # Validation problems (training distribution, disjoint from train).
+  c.data.addition.num_validation = 1_000  # Val problems (train distribution, disjoint from train).
   c.data.addition.num_test = 500  # Held-out problems per test length (both operands that long).
-  c.data.addition.test_digits = (1, 2, 3, 4, 5, 6, 7, 8)  # Test lengths: in distribution and beyond.
-  c.data.addition.format = 'aligned'  # 'plain' (answer + eos) or 'aligned' (zero-padded, fixed length).
+  c.data.addition.test_digits = (1, 2, 3, 4, 5, 6, 7, 8)  # Test lengths: in-dist and beyond.
+  c.data.addition.format = 'aligned'  # 'plain' (answer+eos) or 'aligned' (zero-padded, fixed len).
   c.data.addition.position_shift = 2  # Training adds a random 0..shift to position ids above 0.
   c.data.text = ml_collections.ConfigDict()
   c.data.text.paths = ''  # Comma-separated file paths or globs of UTF-8 text, for task='text'.
   c.data.text.validation_fraction = 0.05  # Share of the text chunks held out for validation.
 
   c.feedback = ml_collections.ConfigDict()
-  c.feedback.loss = 'one_minus'  # 'ce' (control), 'one_minus' CE*(1-F), 'focal' CE*(1-F)**gamma, 'confidence' CE*F.
+  c.feedback.loss = 'one_minus'  # ce=ctrl, one_minus=CE(1-F), focal=CE(1-F)^gamma, confidence=CE*F.
   c.feedback.gamma = 2.0  # Focal exponent.
-  c.feedback.weights = ml_collections.ConfigDict()  # F = sum_i w_i f_i, weights normalised to sum to 1.
+  c.feedback.weights = ml_collections.ConfigDict()  # F = sum_i w_i f_i; w normalised to sum 1.
   c.feedback.weights.prob = 1.0  # Target-token probability p_t.
   c.feedback.weights.margin = 0.0  # sigmoid(target logit - logsumexp of the other logits).
   c.feedback.weights.entropy = 0.0  # 1 - normalised entropy of the prediction.
   c.feedback.weights.verifier = 0.0  # Per-sequence verifier score from the batch ('verifier' key).
-  c.feedback.weights.rating = 0.0  # Per-sequence recorded rating in [0, 1] from the batch ('rating' key).
+  c.feedback.weights.rating = 0.0  # Per-seq recorded rating in [0, 1] from batch ('rating' key).
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-3  # Peak learning rate.
@@ -73,7 +74,7 @@ def get_config(arg=None):
   c.optim.eps = 1e-9  # Adam epsilon.
   c.optim.weight_decay = 0.01  # Decoupled weight decay on matrices (not on norms, biases).
   c.optim.clip_norm = 1.0  # Global gradient-norm clip; 0 disables.
-  c.optim.feedback_scale = 'relative'  # 'none', or 'relative': step * (1 - F_batch) / (1 - EMA(F)), clipped.
+  c.optim.feedback_scale = 'relative'  # 'none' or 'relative': step*(1-F_batch)/(1-EMA(F)), clipped.
   c.optim.feedback_ema = 0.99  # Decay of the running mean of the batch feedback.
   c.optim.feedback_scale_min = 0.5  # Lower clip of the feedback scale.
   c.optim.feedback_scale_max = 2.0  # Upper clip of the feedback scale.
@@ -84,11 +85,11 @@ def get_config(arg=None):
   c.train.eval_every = 250  # Steps between validation evaluations.
   c.train.checkpoint_every = 500  # Steps between checkpoints (one is always written at the end).
   c.train.max_checkpoints = 2  # Checkpoints kept on disk.
-  c.train.patience = 0  # Evaluations without a validation-loss improvement before stopping; 0 disables.
+  c.train.patience = 0  # Evals w/o val-loss improvement before stop; 0 disables.
   c.train.grad_accum_steps = 1  # Microbatches per step; the batch is split, gradients summed.
   c.train.max_nonfinite_steps = 5  # Consecutive skipped (non-finite) steps before the run stops.
   c.train.xla_cpu_onednn = True  # On x86 CPUs oneDNN runs the train and eval steps' dots.
-  c.train.reuse_host_memory = True  # train/selftrain: glibc keeps freed host memory (no page faults a step).
+  c.train.reuse_host_memory = True  # train/selftrain: glibc keeps freed mem (no page faults/step).
 
   c.sample = ml_collections.ConfigDict()
   c.sample.temperature = 0.0  # 0 is greedy; otherwise logits are divided by it before sampling.
@@ -97,10 +98,10 @@ def get_config(arg=None):
   c.sample.max_new_tokens = 32  # New tokens per prompt, end token included.
   c.sample.seed = 0  # Sampling seed (token i of a row uses fold_in(seed key, i)).
 
-  c.selftrain = ml_collections.ConfigDict()  # --mode=selftrain: train, sample, score, keep, retrain.
+  c.selftrain = ml_collections.ConfigDict()  # --mode=selftrain: train/sample/score/keep/retrain.
   c.selftrain.rounds = 3  # Round cap after round 0 (base training on config.data).
-  c.selftrain.init_workdir = ''  # Round 0 takes this train run's best parameters instead of training.
-  c.selftrain.start_digits = 6  # Operand digits prompted in round 1 (0: max_digits + 1); +1 a round.
+  c.selftrain.init_workdir = ''  # Round 0 uses this train run's best params instead of training.
+  c.selftrain.start_digits = 6  # Round-1 prompt digits (0: max_digits + 1); +1 per round.
   c.selftrain.prompts_per_round = 2_000  # New problems drawn per round (never a test or val one).
   c.selftrain.samples_per_prompt = 1  # k candidates per prompt (k > 1 needs temperature > 0).
   c.selftrain.temperature = 0.0  # Candidate sampling temperature (0: greedy).
@@ -112,20 +113,25 @@ def get_config(arg=None):
   c.selftrain.weights.format = 0.0  # 1 if the answer has the task's form (digits, right length).
   c.selftrain.weights.verifier = 1.0  # 1 if selftrain.verifier accepts the answer.
   c.selftrain.weights.rating = 0.0  # Recorded rating in [0, 1] from selftrain.ratings_file.
-  c.selftrain.verifier = 'addition'  # 'addition' (exact), or 'module:function' (prompt, answer) -> bool.
-  c.selftrain.ratings_file = ''  # JSON lines {"prompt", "answer", "rating"}; unrated candidates get 0.
+  c.selftrain.verifier = 'task'  # 'task' (exact check), '', or 'module:fn' (prompt, answer)->bool.
+  c.selftrain.ratings_file = ''  # JSONL {"prompt", "answer", "rating"}; unrated candidates get 0.
   c.selftrain.theta = 1.0  # Keep a prompt's best candidate if Q >= theta.
   c.selftrain.keep_top_fraction = 1.0  # Then keep only this top share of prompts by Q.
   c.selftrain.mix = 0.5  # Share of training examples drawn from the kept (self-labelled) samples.
-  c.selftrain.max_self_examples = 0  # Cap on self-labelled examples trained on (newest kept); 0: none.
+  c.selftrain.max_self_examples = 0  # Cap on self-labelled train examples (newest kept); 0: none.
   c.selftrain.steps_per_round = 300  # Optimizer steps per round, from the previous round's weights.
   c.selftrain.lr = 1e-3  # Peak learning rate of a round (warmup, then cosine to 0).
   c.selftrain.warmup_steps = 20  # Warmup steps of a round.
   c.selftrain.val_per_length = 200  # Validation problems per test length (picks the stop round).
-  c.selftrain.target_digits = 0  # Stop once validation exact match at this length >= target (0: off).
+  c.selftrain.target_digits = 0  # Stop once val exact match at this length >= target (0: off).
   c.selftrain.target_accuracy = 0.99  # The target for target_digits.
-  c.selftrain.patience = 0  # Rounds without a better mean validation exact match before stopping; 0: off.
-  c.selftrain.control = False  # Also train the same rounds without self-labelled data, for the report.
+  c.selftrain.patience = 0  # Rounds w/o better mean val exact match before stop; 0: off.
+  c.selftrain.control = False  # Also train same rounds w/o self-labelled data, for the report.
+
+  c.evals = ml_collections.ConfigDict()  # Evaluators run on the best parameters after training.
+  c.evals.exact_match = ml_collections.ConfigDict()  # Greedy exact match on the test splits.
+  c.evals.exact_match.type = 'greedy_exact_match'  # 'greedy_exact_match' or 'teacher_forced'.
+  c.evals.exact_match.splits = 'test_*'  # Glob over split names; '*' labels the results.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Data-parallel axis size; -1 takes the devices the other axes leave.

@@ -40,3 +40,12 @@ def _step(row):
     return json.loads(row)['step']
   except (ValueError, KeyError):
     return float('inf')
+
+
+def flatten(results, prefix=''):
+  """Nested metric dicts as {'a/b/c': value}."""
+  flat = {}
+  for k, v in results.items():
+    name = f'{prefix}{k}'
+    flat.update(flatten(v, name + '/') if isinstance(v, dict) else {name: v})
+  return flat

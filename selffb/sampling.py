@@ -1,4 +1,7 @@
-"""Batched sampling with the model's explicit KV cache: one prefill pass, then a while loop.
+"""Batched sampling with a model's explicit cache: one prefill pass, then a while loop.
+
+The sampler knows no model kind: it calls the model module's `init_cache`, `prefill` and
+`decode_step` (selffb/models), whatever pytree the cache is.
 
 Greedy (temperature 0), temperature, top-k and top-p, combinable; every row stops at its own end
 token. Token i of a row is drawn with `jax.random.fold_in(rng, i)`, so a seed reproduces a run.
@@ -14,7 +17,6 @@ import numpy as np
 from flax import struct
 from jax.experimental import multihost_utils
 
-from selffb import model as model_lib
 from selffb import sharding
 
 _MIN_BUCKET = 8
@@ -29,18 +31,22 @@ class SamplingParams:
 
   def __post_init__(self):
     if self.temperature < 0:
-      raise ValueError(f'config.sample.temperature={self.temperature} must be >= 0.')
+      raise ValueError(f'temperature={self.temperature} must be >= 0.')
     if self.top_k < 0:
-      raise ValueError(f'config.sample.top_k={self.top_k} must be >= 0 (0 disables).')
+      raise ValueError(f'top_k={self.top_k} must be >= 0 (0 disables).')
     if not 0 < self.top_p <= 1:
-      raise ValueError(f'config.sample.top_p={self.top_p} must be in (0, 1].')
+      raise ValueError(f'top_p={self.top_p} must be in (0, 1].')
     if self.max_new_tokens < 1:
-      raise ValueError(f'config.sample.max_new_tokens={self.max_new_tokens} must be >= 1.')
+      raise ValueError(f'max_new_tokens={self.max_new_tokens} must be >= 1.')
 
   @classmethod
-  def from_config(cls, c):
-    return cls(temperature=float(c.temperature), top_k=int(c.top_k), top_p=float(c.top_p),
-               max_new_tokens=int(c.max_new_tokens))
+  def from_config(cls, c, key='config.sample'):
+    """From a config section; errors name `key` (the section the values came from)."""
+    try:
+      return cls(temperature=float(c.temperature), top_k=int(c.top_k), top_p=float(c.top_p),
+                 max_new_tokens=int(c.max_new_tokens))
+    except ValueError as e:
+      raise ValueError(f'{key}.{e}') from None
 
 
 def mask_top_k(logits_BxV, k):
@@ -112,20 +118,16 @@ def decode(step_fn, logits_BxV, cache, pos_B, rng, *, sp, eos_id, pad_id):
   return final.tokens_BxN, final.logprobs_BxN
 
 
-@functools.partial(jax.jit, static_argnames=('cfg', 'sp', 'eos_id', 'pad_id'))
-def _generate(params, tokens_BxP, pos_BxP, rng, *, cfg, sp, eos_id, pad_id):
-  model = model_lib.Transformer(cfg)
+@functools.partial(jax.jit, static_argnames=('model', 'cfg', 'sp', 'eos_id', 'pad_id'))
+def _generate(params, tokens_BxP, pos_BxP, rng, *, model, cfg, sp, eos_id, pad_id):
+  module = model.build(cfg)
   batch, prompt_len = tokens_BxP.shape
   # The loop's last step writes one slot past the last token it returns.
-  cache = model_lib.init_cache(cfg, batch, prompt_len + sp.max_new_tokens)
-  logits_BxPxV, cache = model.apply({'params': params}, tokens_BxP, pos_BxP, cache)
-
-  def step_fn(token_B, pos_B, cache):
-    logits_Bx1xV, cache = model.apply({'params': params}, token_B[:, None], pos_B[:, None], cache)
-    return logits_Bx1xV[:, 0], cache
-
-  return decode(step_fn, logits_BxPxV[:, -1], cache, pos_BxP[:, -1] + 1, rng, sp=sp,
-                eos_id=eos_id, pad_id=pad_id)
+  cache = model.init_cache(cfg, batch, prompt_len + sp.max_new_tokens)
+  logits_BxV, cache = model.prefill(module, params, tokens_BxP, pos_BxP, cache)
+  step_fn = functools.partial(model.decode_step, module, params)
+  return decode(step_fn, logits_BxV, cache, pos_BxP[:, -1] + 1, rng, sp=sp, eos_id=eos_id,
+                pad_id=pad_id)
 
 
 def bucket(length):
@@ -149,9 +151,10 @@ def left_pad(prompts, pad_id, length=None, positions=None):
   return tokens, pos
 
 
-def generate(params, prompts, *, cfg, sp, eos_id, pad_id, seed=0, mesh=None, prompt_len=None,
-             positions=None):
-  """Continues each prompt (a sequence of token ids, bos included).
+def generate(params, prompts, *, model, cfg, sp, eos_id, pad_id, seed=0, mesh=None,
+             prompt_len=None, positions=None):
+  """Continues each prompt (a sequence of token ids, bos included) with `model` (a module of
+  selffb/models) under its frozen config `cfg`.
 
   `positions`: each prompt's position ids (default 0..n-1); new tokens continue from the last.
   Prompts are left-padded to a power-of-two bucket (or `prompt_len`, if given) and the batch to a
@@ -159,9 +162,7 @@ def generate(params, prompts, *, cfg, sp, eos_id, pad_id, seed=0, mesh=None, pro
   prompt, each ending at (and including) the end token when one was produced.
   """
   longest = max(len(p) for p in prompts)
-  if cfg.positions == 'learned' and longest + sp.max_new_tokens > cfg.max_len:
-    raise ValueError(f'prompts of {longest} tokens + max_new_tokens={sp.max_new_tokens} exceed '
-                     f'config.model.max_len={cfg.max_len} (learned positions).')
+  model.check_decode(cfg, longest, sp.max_new_tokens)
   shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
   rows = -(-len(prompts) // shards) * shards
   extra = rows - len(prompts)
@@ -172,8 +173,8 @@ def generate(params, prompts, *, cfg, sp, eos_id, pad_id, seed=0, mesh=None, pro
   if mesh is not None:
     placed = sharding.put_global(mesh, {'tokens': tokens, 'pos': pos})
     tokens, pos = placed['tokens'], placed['pos']
-  out = _generate(params, tokens, pos, jax.random.key(seed), cfg=cfg, sp=sp, eos_id=eos_id,
-                  pad_id=pad_id)
+  out = _generate(params, tokens, pos, jax.random.key(seed), model=model, cfg=cfg, sp=sp,
+                  eos_id=eos_id, pad_id=pad_id)
   if jax.process_count() > 1:  # Rows live on every host's devices: gather them everywhere.
     out = multihost_utils.process_allgather(out, tiled=True)
   out, logprobs = jax.device_get(out)

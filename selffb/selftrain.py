@@ -1,215 +1,141 @@
 """Iterative self-training: train, sample, score, keep the good samples, retrain, repeat.
 
 Round 0 trains on the task's training set (or takes a train run's parameters). Round r draws new
-problems one digit harder than round r-1, samples k candidates for each with the KV-cache
-sampler, scores every candidate with Q = sum_i w_i f_i over the sources in `config.selftrain.
-weights`, keeps each prompt's best candidate when Q >= theta (then, optionally, only the top
-share), and trains from the current weights on the training set mixed with everything kept so
-far. Rounds stop at a target, a round cap, or when validation stops improving. A control run
-repeats the same rounds without the self-labelled data.
+problems one level harder than round r-1 (for addition, one digit longer), samples k candidates
+for each with the KV-cache sampler, scores every candidate with Q = sum_i w_i f_i over the
+sources in `config.selftrain.weights`, keeps each prompt's best candidate when Q >= theta (then,
+optionally, only the top share), and trains from the current weights on the training set mixed
+with everything kept so far. Rounds stop at a target, a round cap, or when validation stops
+improving. A control arm repeats the same rounds without the self-labelled data. The task
+supplies the problems, the exact verifier and the answer form through its hooks.
 
-Each round is a directory under <workdir>/rounds: `kept.jsonl` (every kept sample with its
-score, sources and whether it is correct), `selection.json`, the round's training checkpoints
-and `report.json` (its row). A rerun skips finished rounds and resumes an unfinished one where
-it stopped. The report (`rounds.csv`, `rounds.md`, `accuracy.png`) is rewritten after each round.
+Each round is a directory under <workdir>/rounds (the control's under <workdir>/control):
+`kept.jsonl` (every kept sample with its score, sources and whether it is correct),
+`selection.json`, the round's training checkpoints and `report.json` (its row). A rerun skips
+finished rounds and resumes an unfinished one where it stopped. The report (`rounds.csv`,
+`rounds.md`, `accuracy.png`) is rewritten after each round.
 """
 import dataclasses
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from selffb import data
-from selffb import evaluation
-from selffb import modes
 from selffb import optim
 from selffb import report
+from selffb import runtime
 from selffb import sampling
-from selffb import scoring
-from selffb import train
-from selffb import validate
-from selffb import lock
-
-# ---- Data. ----
-
-class ListSource:
-  """Records in memory with the random-access interface of a tfds data source."""
-
-  def __init__(self, records):
-    self.records = list(records)
-
-  def __len__(self):
-    return len(self.records)
-
-  def __getitems__(self, indices):
-    return [self.records[i] for i in indices]
+from selffb.data import pipeline
+from selffb.evaluators import greedy
+from selffb.feedback import scoring
+from selffb.feedback import signals
+from selffb.train import checks
+from selffb.train import loop
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
 
 
-class MixedSource:
-  """The training set followed by the self-labelled records repeated `repeats` times."""
+def model_dir(workdir):
+  """Where a workdir's model is: the workdir itself, or for a self-training run the last
+  finished round with checkpoints (rounds/rNN; r00 has none when it came from init_workdir)."""
+  rounds = os.path.join(workdir, 'rounds')
+  if os.path.isdir(rounds):
+    done = sorted((d for d in os.listdir(rounds)
+                   if os.path.exists(os.path.join(rounds, d, 'report.json'))
+                   and os.path.isdir(os.path.join(rounds, d, 'checkpoints'))),
+                  key=lambda d: int(d[1:]) if d[1:].isdigit() else -1)
+    if done:
+      logging.info('self-training run: using the last finished round, %s', done[-1])
+      return os.path.join(rounds, done[-1])
+  return workdir
 
-  def __init__(self, base, extra, repeats):
-    self.base, self.extra, self.repeats = base, extra, repeats
-
-  def __len__(self):
-    return len(self.base) + len(self.extra) * self.repeats
-
-  def __getitems__(self, indices):
-    n = len(self.base)
-    own = self.base.__getitems__([i for i in indices if i < n]) if n else []
-    out, k = [], 0
-    for i in indices:
-      if i < n:
-        out.append(own[k])
-        k += 1
-      else:
-        out.append(self.extra.records[(i - n) % len(self.extra)])
-    return out
-
-
-def mix(base, self_records, share, cap):
-  """A source where about `share` of the examples are self-labelled (the newest `cap`)."""
-  if cap:
-    self_records = self_records[-cap:]
-  if not self_records or share <= 0:
-    return base
-  repeats = max(1, round(share / (1 - share) * len(base) / len(self_records)))
-  return MixedSource(base, ListSource(self_records), repeats)
-
-
-def to_record(prompt, answer, digits):
-  return {'prompt': prompt.encode(), 'answer': answer.encode(), 'digits': digits}
-
-
-def draw_problems(rng, digits, count, exclude):
-  """`count` distinct (a, b) with the longer operand `digits` long, none in `exclude`."""
-  if count > data.operands_of_length(digits) * 10 ** digits // 2:
-    raise ValueError(f'{count} problems of {digits} digits requested; lower '
-                     'config.selftrain.prompts_per_round.')
-  pairs = set()
-  while len(pairs) < count:
-    other = int(rng.integers(1, digits + 1))
-    a, b = data.random_operand(rng, digits), data.random_operand(rng, other)
-    pair = (a, b) if rng.random() < 0.5 else (b, a)
-    if pair not in exclude:
-      pairs.add(pair)
-  return sorted(pairs)
-
-
-def _write(path, text):
-  """Process 0 writes path atomically (a temporary file renamed over it)."""
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-      f.write(text)
-    os.replace(path + '.tmp', path)
-
-
-def _write_json(path, obj):
-  _write(path, json.dumps(obj, indent=2))
-
-
-def _write_jsonl(path, rows):
-  _write(path, ''.join(json.dumps(row) + '\n' for row in rows))
-
-
-def _read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-# ---- The rounds. ----
 
 @dataclasses.dataclass
 class _Run:
   """What every round of a run shares."""
-  s: train.Setup
+  s: Any
   workdir: str
-  signals: train.StopSignals
-  val: dict  # {digits: ListSource}
-  tests: dict  # {digits: source}
-  held_out: set  # (a, b) of every test and validation problem: never a round's prompt.
+  signals: Any
+  val: dict  # {level: source}
+  tests: dict  # {level: source}
+  held_out: set  # Every test and validation problem: never a round's prompt.
   weights: dict
-  verifier: object
+  verifier: Any  # The configured verifier (or None).
+  exact: Any  # The task's exact check, which measures label precision whatever the filter.
   ratings: dict
-
-
-def _evaluate(run, params):
-  """Greedy exact match per length on validation and test sets."""
-  s = run.s
-  bs = s.config.data.eval_batch_size
-  sources = {**{f'val_{n}': v for n, v in run.val.items()},
-             **{f'test_{n}': t for n, t in run.tests.items()}}
-  got = evaluation.greedy_exact_match(params, sources, s.tokenizer, s.model_cfg, bs, s.mesh,
-                                      s.layout)
-  val = {n: got[f'val_{n}'] for n in run.val}
-  return {'val_exact': float(np.mean(list(val.values()))),
-          'val': {str(n): v for n, v in val.items()},
-          'test': {str(n): got[f'test_{n}'] for n in run.tests}}
-
-
-def _sample_round(run, params, r, digits):
-  """Draws, samples, scores and selects round r's self-labelled data; returns its summary."""
-  s, st = run.s, run.s.config.selftrain
-  tok, layout = s.tokenizer, s.layout
-  problems = draw_problems(np.random.default_rng([s.config.seed, r]), digits,
-                           st.prompts_per_round, run.held_out)
-  aligned = layout.positions == 'aligned'
-  texts = [data.addition_example(a, b, aligned)['prompt'] for a, b in problems]
-  k = st.samples_per_prompt
-  prompts = [tok.encode_prompt(t) for t in texts]
-  answer_len = digits + 1  # Aligned answers have n + 1 digits; plain at most that, plus eos.
-  sp = sampling.SamplingParams(temperature=float(st.temperature), top_k=int(st.top_k),
-                               max_new_tokens=answer_len + layout.eos)
-  prompt_len = sampling.bucket(max(len(p) for p in prompts))
-  bs = s.config.data.eval_batch_size
-  flat = [p for p in prompts for _ in range(k)]
-  ids = [layout.position_ids(p, tok) for p in prompts for _ in range(k)]
-  fill = lambda xs: xs + [xs[0]] * (bs - len(xs))  # One shape: one compile.
-  outs = []
-  for start in range(0, len(flat), bs):
-    got = sampling.generate(params, fill(flat[start:start + bs]), cfg=s.model_cfg, sp=sp,
-                            eos_id=tok.eos_id, pad_id=tok.pad_id,
-                            seed=hash_seed(s.config.seed, r, start), mesh=s.mesh,
-                            prompt_len=prompt_len, positions=fill(ids[start:start + bs]))
-    outs.extend(got[:len(flat) - start])
-  groups = []
-  for i, text in enumerate(texts):
-    cands = [scoring.candidate(tokens, logprobs, digits, layout, tok)
-             for tokens, logprobs in outs[i * k:(i + 1) * k]]
-    for c, share in zip(cands, scoring.vote_shares([c['answer'] for c in cands])):
-      c['vote'] = share
-      c['verifier'] = float(bool(run.verifier(text, c['answer']))) if run.verifier else 0.0
-      c['rating'] = run.ratings.get((text, c['answer']), 0.0)
-      c['q'] = scoring.fuse(c, run.weights)
-      c['correct'] = c['answer'] == data.addition_answer(text, aligned)
-      c['prompt'] = text
-    groups.append(cands)
-  kept = scoring.select(groups, st.theta, st.keep_top_fraction)
-  every = [c for g in groups for c in g]
-  summary = {'digits': digits, 'prompts': len(texts), 'generated': len(every),
-             'kept': len(kept), 'label_precision': scoring.label_precision(kept),
-             'candidate_accuracy': sum(c['correct'] for c in every) / len(every)}
-  rows = [{'prompt': c['prompt'], 'answer': c['answer'], 'digits': digits, 'q': c['q'],
-           'correct': c['correct'], 'scores': {k: c[k] for k in scoring.SOURCES}} for c in kept]
-  return summary, rows
+  rows: list = dataclasses.field(default_factory=list)
+  kept_all: list = dataclasses.field(default_factory=list)
 
 
 def hash_seed(*parts):
   return int(np.random.default_rng(list(parts)).integers(0, 2 ** 31 - 1))
 
 
-def _pairs(source):
-  """(a, b) of every addition record of a source."""
-  out = []
-  for rec in data.read_all(source):
-    a, b = rec['prompt'].decode()[:-1].split('+')
-    out.append((int(a[::-1]), int(b[::-1])))
-  return out
+def _evaluate(run, params):
+  """Greedy exact match per level on validation and test sets."""
+  sources = {**{f'val_{n}': v for n, v in run.val.items()},
+             **{f'test_{n}': t for n, t in run.tests.items()}}
+  got = greedy.greedy_exact_match(run.s, params, sources, run.s.config.data.eval_batch_size)
+  val = {n: got[f'val_{n}'] for n in run.val}
+  return {'val_exact': float(np.mean(list(val.values()))),
+          'val': {str(n): v for n, v in val.items()},
+          'test': {str(n): got[f'test_{n}'] for n in run.tests}}
+
+
+def _generate(run, params, texts, level, r):
+  """k samples of each prompt: (tokens, logprobs) per prompt and sample, prompt-major."""
+  s, st, tok = run.s, run.s.config.selftrain, run.s.tokenizer
+  sp = sampling.SamplingParams(temperature=float(st.temperature), top_k=int(st.top_k),
+                               max_new_tokens=s.task.max_answer_tokens(level, s.fmt))
+  prompts = [tok.encode_prompt(t) for t in texts]
+  prompt_len = sampling.bucket(max(len(p) for p in prompts))
+  bs, k = s.config.data.eval_batch_size, st.samples_per_prompt
+  flat = [p for p in prompts for _ in range(k)]
+  ids = [s.fmt.position_ids(p, tok) for p in prompts for _ in range(k)]
+  outs = []
+  for start in range(0, len(flat), bs):
+    got = sampling.generate(params, pipeline.pad_rows(flat[start:start + bs], bs),
+                            model=s.model, cfg=s.model_cfg, sp=sp, eos_id=tok.eos_id,
+                            pad_id=tok.pad_id, seed=hash_seed(s.config.seed, r, start),
+                            mesh=s.mesh, prompt_len=prompt_len,
+                            positions=pipeline.pad_rows(ids[start:start + bs], bs))
+    outs.extend(got[:len(flat) - start])
+  return outs
+
+
+def _score(run, text, samples, level):
+  """A prompt's candidates with every source, their fused score Q and their correctness."""
+  cands = [run.s.task.candidate(tokens, logprobs, level, run.s.fmt, run.s.tokenizer)
+           for tokens, logprobs in samples]
+  for c, share in zip(cands, scoring.vote_shares([c['answer'] for c in cands])):
+    c['vote'] = share
+    c['verifier'] = float(bool(run.verifier(text, c['answer']))) if run.verifier else 0.0
+    c['rating'] = run.ratings.get((text, c['answer']), 0.0)
+    c['q'] = signals.fuse(c, run.weights)
+    c['correct'] = bool(run.exact(text, c['answer']))
+    c['prompt'] = text
+  return cands
+
+
+def _sample_round(run, params, r, level):
+  """Draws, samples, scores and selects round r's self-labelled data: (summary, kept rows)."""
+  s, st = run.s, run.s.config.selftrain
+  texts = s.task.round_prompts(s.config, r, level, run.held_out, s.fmt)
+  outs, k = _generate(run, params, texts, level, r), st.samples_per_prompt
+  groups = [_score(run, text, outs[i * k:(i + 1) * k], level) for i, text in enumerate(texts)]
+  kept = scoring.select(groups, st.theta, st.keep_top_fraction)
+  every = [c for g in groups for c in g]
+  summary = {'digits': level, 'prompts': len(texts), 'generated': len(every),
+             'kept': len(kept), 'label_precision': scoring.label_precision(kept),
+             'candidate_accuracy': sum(c['correct'] for c in every) / len(every)}
+  rows = [{'prompt': c['prompt'], 'answer': c['answer'], 'digits': level, 'q': c['q'],
+           'correct': c['correct'], 'scores': {k: c[k] for k in scoring.SOURCES}} for c in kept]
+  return summary, rows
 
 
 def _round_config(config, r, steps):
@@ -225,195 +151,206 @@ def _round_config(config, r, steps):
   return c
 
 
-def _train_round(run, directory, config, self_records, init_params):
-  """Trains one round in `directory` (resuming it); returns (summary, params)."""
+def _fit_round(run, directory, r, self_records, params, head, t0):
+  """Trains round r in `directory` (resuming it) on the training set plus self_records, then
+  evaluates it; returns (row, params), or (None, None) when a signal stopped the training."""
   s = run.s
-  records = [to_record(r['prompt'], r['answer'], r['digits']) for r in self_records]
-  source = mix(s.splits['train'], records, config.selftrain.mix,
-               config.selftrain.max_self_examples)
-  seq_len = max([s.seq_len] + [data.example_length(r) for r in records])
+  config = _round_config(s.config, r, s.config.selftrain.steps_per_round)
+  records = [s.task.to_record(x['prompt'], x['answer'], x['digits']) for x in self_records]
+  source = pipeline.mix(s.splits['train'], records, config.selftrain.mix,
+                        config.selftrain.max_self_examples)
+  seq_len = max([s.seq_len] + [s.task.example_length(x) for x in records])
   if seq_len > config.model.max_len:
-    raise validate.ConfigError(f'round data needs {seq_len} tokens but config.model.max_len='
-                               f'{config.model.max_len}; raise it.')
+    raise checks.ConfigError(f'round data needs {seq_len} tokens but config.model.max_len='
+                             f'{config.model.max_len}; raise it.')
   rs = dataclasses.replace(s, config=config, splits={**s.splits, 'train': source},
                            seq_len=seq_len,
                            tx=optim.make_optimizer(config.optim, config.train.num_steps))
-  return train.train_loop(rs, directory, run.signals, init_params=init_params,
-                          final_report=False, keep_best=False)
-
-
-def _fit_round(run, directory, r, self_records, params, head, t0):
-  """Trains round r on the training set plus self_records, then evaluates it; returns
-  (row, params), or (None, None) when a signal stopped the training."""
-  config = _round_config(run.s.config, r, run.s.config.selftrain.steps_per_round)
-  summary, params = _train_round(run, directory, config, self_records, params)
+  summary, params = loop.train_loop(rs, directory, run.signals, init_params=params,
+                                    keep_best=False)
   if 'stopped_by' in summary:
     return None, None
   return {**head, 'steps': summary['steps'], **_evaluate(run, params),
           'wall_s': time.time() - t0}, params
 
 
+def _finish(run, directory, row):
+  runtime.write_json(os.path.join(directory, 'report.json'), row)
+  run.rows.append(row)
+  report.write(run.workdir, run.rows)
+  logging.info('%s round %d done: %s', row['run'], row['round'], _brief(row))
+
+
+def _load_done(run, directory):
+  """True, with its row appended, if the round in `directory` finished."""
+  path = os.path.join(directory, 'report.json')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    run.rows.append(json.load(f))
+  return True
+
+
 def _restore_params(run, directory):
-  _, params, _ = modes.restore_best_params(run.s.config, directory, run.s.model_cfg, run.s.mesh)
+  return state_lib.restore_best_params(run.s, directory)[1]
+
+
+def _run_round(run, root, r, params, base_dir, make_data):
+  """Round r of an arm under `root`, from `params` (restored from the round before, or round 0
+  in base_dir, when None). `make_data(directory, params)` gives (self records, row head), or
+  None to stop. Returns the round's parameters, or None when a signal stopped it."""
+  directory = os.path.join(root, f'r{r:02d}')
+  if params is None:
+    params = _restore_params(run, os.path.join(root, f'r{r - 1:02d}') if r > 1 else base_dir)
+  os.makedirs(directory, exist_ok=True)
+  t0 = time.time()
+  got = make_data(directory, params)
+  if got is None:
+    return None
+  records, head = got
+  row, params = _fit_round(run, directory, r, records, params, head, t0)
+  if row is not None:
+    _finish(run, directory, row)
   return params
 
 
-def run_selftrain(config, workdir):
-  """--mode=selftrain: the rounds in workdir (resuming), then the report; returns its rows."""
-  s = train.setup(config, workdir)  # Validates the whole config first.
-  st = config.selftrain
-  if config.data.task != 'addition':
-    raise validate.ConfigError("--mode=selftrain draws its problems from the built-in task: "
-                               "set config.data.task='addition'.")
-  weights = scoring.normalize_weights(st.weights.to_dict())
-  verifier = scoring.resolve_verifier(st.verifier, s.layout)
-  if weights.get('verifier') and verifier is None:
-    raise validate.ConfigError('config.selftrain.weights.verifier > 0 but config.selftrain.'
-                               'verifier is empty; name one.')
-  ratings = scoring.load_ratings(st.ratings_file)
-  tests = {int(k[len('test_'):]): v for k, v in s.splits.items() if k.startswith('test_')}
-  test_pairs = {n: _pairs(t) for n, t in tests.items()}
-  held = {p for pairs in test_pairs.values() for p in pairs}
-  aligned = s.layout.positions == 'aligned'
-  val = {}
-  for n in sorted(tests):
-    rng = np.random.default_rng([config.seed, 7919, n])
-    count = min(st.val_per_length, (data.operands_of_length(n) ** 2 - len(test_pairs[n])) // 2)
-    pairs = data.distinct_pairs(rng, count, lambda n=n: (n, n), held)
-    held.update(pairs)
-    val[n] = ListSource([to_record(**data.addition_example(a, b, aligned), digits=n)
-                         for a, b in pairs])
-  handle = lock.acquire(workdir) if jax.process_index() == 0 else None
-  try:
-    with train.StopSignals() as signals:
-      run = _Run(s=s, workdir=workdir, signals=signals, val=val, tests=tests, held_out=held,
-                 weights=weights, verifier=verifier, ratings=ratings)
-      return _rounds(run)
-  finally:
-    if handle is not None:
-      lock.release(handle)
+def _self_data(run, r, level):
+  """make_data for round r of the self arm: the kept samples (sampled once, then read back)."""
 
-
-def _rounds(run):
-  s, st, workdir = run.s, run.s.config.selftrain, run.workdir
-  root = os.path.join(workdir, 'rounds')
-  os.makedirs(root, exist_ok=True)
-  rows = []
-
-  def finish(directory, row, params):
-    _write_json(os.path.join(directory, 'report.json'), row)
-    rows.append(row)
-    report.write(workdir, rows)
-    logging.info('%s round %d done: %s', row['run'], row['round'], _brief(row))
-    return params
-
-  def done(directory):
-    path = os.path.join(directory, 'report.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        rows.append(json.load(f))
-      return True
-    return False
-
-  # Round 0: base training (or a given run's parameters).
-  r0 = os.path.join(root, 'r00')
-  # Where round 0's parameters live: r00's checkpoints, or the run it was taken from.
-  base_dir = modes.checkpoint_dir(st.init_workdir) if st.init_workdir else r0
-  params = None
-  if not done(r0):
-    t0 = time.time()
-    if st.init_workdir:
-      params = _restore_params(run, base_dir)
-      steps = 0
+  def make(directory, params):
+    kept_path = os.path.join(directory, 'kept.jsonl')
+    if os.path.exists(kept_path):
+      with open(os.path.join(directory, 'selection.json')) as f:
+        selection = json.load(f)
+      kept = runtime.read_jsonl(kept_path)
     else:
-      summary, params = train.train_loop(s, r0, run.signals, final_report=False)
-      if 'stopped_by' in summary:
+      if run.signals.received:  # Stopped during the last evaluation: stop before sampling.
         return None
-      steps = summary['steps']
-    row = {'run': 'self', 'round': 0, 'digits': _train_range(s.config), 'steps': steps,
-           **_evaluate(run, params), 'wall_s': time.time() - t0}
-    params = finish(r0, row, params)
-  base_params = params
-  start = st.start_digits or s.config.data.addition.max_digits + 1
-  best_val, bad, last = rows[0]['val_exact'], 0, 0
-  kept_all = []
+      selection, kept = _sample_round(run, params, r, level)
+      # selection.json first: kept.jsonl marks the pair complete.
+      runtime.write_json(os.path.join(directory, 'selection.json'), selection)
+      runtime.write_jsonl(kept_path, kept)
+      logging.info('round %d: level %d prompts %d, candidates %d, kept %d, label precision %s',
+                   r, level, selection['prompts'], selection['generated'], selection['kept'],
+                   report.pct(selection['label_precision']))
+      if not kept:
+        logging.warning('round %d kept nothing (theta=%s): it trains on the original data and '
+                        "earlier rounds' samples only.", r, run.s.config.selftrain.theta)
+    run.kept_all += kept
+    return run.kept_all, {'run': 'self', 'round': r, **selection}
+
+  return make
+
+
+def _round_zero(run, r0, base_dir):
+  """Round 0's parameters: trained in r0, or taken from init_workdir; None when stopped."""
+  s, t0 = run.s, time.time()
+  if s.config.selftrain.init_workdir:
+    params, steps = _restore_params(run, base_dir), 0
+  else:
+    summary, params = loop.train_loop(s, r0, run.signals)
+    if 'stopped_by' in summary:
+      return None
+    steps = summary['steps']
+  _finish(run, r0, {'run': 'self', 'round': 0, 'digits': s.task.train_range(s.config),
+                    'steps': steps, **_evaluate(run, params), 'wall_s': time.time() - t0})
+  return params
+
+
+def _stop_after(run, r, best):
+  """(stop?, best) after round r: the target level reached, or `patience` rounds without a
+  better mean validation exact match (best = (value, rounds without gain))."""
+  st, row = run.s.config.selftrain, run.rows[-1]
+  best = (row['val_exact'], 0) if row['val_exact'] > best[0] else (best[0], best[1] + 1)
+  if st.target_digits and row['val'].get(str(st.target_digits), 0) >= st.target_accuracy:
+    logging.info('target reached: validation exact match at level %d >= %s', st.target_digits,
+                 st.target_accuracy)
+    return True, best
+  if st.patience and best[1] >= st.patience:
+    logging.info('stopping: no better validation exact match in %d rounds', st.patience)
+    return True, best
+  return False, best
+
+
+def _self_arm(run, base_dir, params):
+  """The self rounds; returns the last round run, or None when stopped."""
+  s, st = run.s, run.s.config.selftrain
+  root, start = os.path.join(run.workdir, 'rounds'), s.task.start_level(s.config)
+  best, last = (run.rows[0]['val_exact'], 0), 0
   for r in range(1, st.rounds + 1):
     if jax.process_count() > 1:  # Every host decides what is done from the same files.
       multihost_utils.sync_global_devices(f'selftrain round {r}')
     directory = os.path.join(root, f'r{r:02d}')
-    digits = start + r - 1
-    kept_path = os.path.join(directory, 'kept.jsonl')
-    if done(directory):
-      kept_all += _read_jsonl(kept_path)
+    if _load_done(run, directory):
+      run.kept_all += runtime.read_jsonl(os.path.join(directory, 'kept.jsonl'))
       params = None
     else:
+      params = _run_round(run, root, r, params, base_dir, _self_data(run, r, start + r - 1))
       if params is None:
-        params = _restore_params(run, os.path.join(root, f'r{r - 1:02d}') if r > 1 else base_dir)
-      os.makedirs(directory, exist_ok=True)
-      t0 = time.time()
-      if os.path.exists(kept_path):
-        with open(os.path.join(directory, 'selection.json')) as f:
-          selection = json.load(f)
-        kept = _read_jsonl(kept_path)
-      else:
-        if run.signals.received:  # Stopped during the last evaluation: stop before sampling.
-          return None
-        selection, kept = _sample_round(run, params, r, digits)
-        # selection.json first: kept.jsonl marks the pair complete.
-        _write_json(os.path.join(directory, 'selection.json'), selection)
-        _write_jsonl(kept_path, kept)
-        logging.info('round %d: %d-digit prompts %d, candidates %d, kept %d, label precision '
-                     '%s', r, digits, selection['prompts'], selection['generated'],
-                     selection['kept'], report.pct(selection['label_precision']))
-        if not kept:
-          logging.warning('round %d kept nothing (theta=%s): it trains on the original data '
-                          'and earlier rounds\' samples only.', r, st.theta)
-      kept_all += kept
-      row, params = _fit_round(run, directory, r, kept_all, params,
-                               {'run': 'self', 'round': r, **selection}, t0)
-      if row is None:
         return None
-      params = finish(directory, row, params)
     last = r
-    row = rows[-1]
-    if row['val_exact'] > best_val:
-      best_val, bad = row['val_exact'], 0
-    else:
-      bad += 1
-    if st.target_digits and row['val'].get(str(st.target_digits), 0) >= st.target_accuracy:
-      logging.info('target reached: validation exact match at %d digits >= %s',
-                   st.target_digits, st.target_accuracy)
+    stop, best = _stop_after(run, r, best)
+    if stop:
       break
-    if st.patience and bad >= st.patience:
-      logging.info('stopping: no better validation exact match in %d rounds', st.patience)
-      break
+  return last
 
-  if st.control:  # The same rounds and steps, without the self-labelled data.
-    params = base_params
-    for r in range(1, last + 1):
-      directory = os.path.join(workdir, 'control', f'r{r:02d}')
-      if done(directory):
-        params = None
-        continue
-      if params is None:
-        prev = os.path.join(workdir, 'control', f'r{r - 1:02d}') if r > 1 else base_dir
-        params = _restore_params(run, prev)
-      head = {'run': 'control', 'round': r, 'digits': _train_range(s.config)}
-      row, params = _fit_round(run, directory, r, [], params, head, time.time())
-      if row is None:
-        return None
-      params = finish(directory, row, params)
-  report.write(workdir, rows)
+
+def _control_arm(run, base_dir, params, last):
+  """The same rounds and steps without the self-labelled data; False when stopped."""
+  root = os.path.join(run.workdir, 'control')
+  digits = run.s.task.train_range(run.s.config)
+  for r in range(1, last + 1):
+    if _load_done(run, os.path.join(root, f'r{r:02d}')):
+      params = None
+      continue
+    head = {'run': 'control', 'round': r, 'digits': digits}
+    params = _run_round(run, root, r, params, base_dir, lambda directory, p, head=head: ([], head))
+    if params is None:
+      return False
+  return True
+
+
+def _rounds(run):
+  st, workdir = run.s.config.selftrain, run.workdir
+  r0 = os.path.join(workdir, 'rounds', 'r00')
+  os.makedirs(os.path.dirname(r0), exist_ok=True)
+  # Where round 0's parameters live: r00's checkpoints, or the run it was taken from.
+  base_dir = model_dir(st.init_workdir) if st.init_workdir else r0
+  params = None
+  if not _load_done(run, r0):
+    params = _round_zero(run, r0, base_dir)
+    if params is None:
+      return None
+  last = _self_arm(run, base_dir, params)
+  if last is None or (st.control and not _control_arm(run, base_dir, params, last)):
+    return None
+  report.write(workdir, run.rows)
   logging.info('self-training report: %s\n%s', os.path.join(workdir, 'rounds.md'),
-               report.markdown(rows))
-  return rows
+               report.markdown(run.rows))
+  return run.rows
 
 
-def _train_range(config):
-  a = config.data.addition
-  return f'{a.min_digits}-{a.max_digits}'
+def run_selftrain(config, workdir):
+  """--mode=selftrain: the rounds in workdir (resuming), then the report; returns its rows."""
+  s = setup_lib.setup(config, workdir)  # Validates the whole config first.
+  st = config.selftrain
+  if not s.task.SUPPORTS_SELFTRAIN:
+    raise checks.ConfigError(f'--mode=selftrain needs a task with self-training hooks; '
+                             f'config.data.task={config.data.task!r} has none (addition has).')
+  weights = scoring.normalize_weights(st.weights.to_dict())
+  exact = s.task.verifier(s.fmt)
+  verifier = scoring.resolve_verifier(st.verifier, exact)
+  if weights.get('verifier') and verifier is None:
+    raise checks.ConfigError('config.selftrain.weights.verifier > 0 but config.selftrain.'
+                             'verifier is empty; name one.')
+  ratings = scoring.load_ratings(st.ratings_file)
+  val, tests, held = s.task.held_out_sets(config, s.splits, s.fmt)
+  with runtime.locked(workdir), runtime.StopSignals() as stop_signals:
+    run = _Run(s=s, workdir=workdir, signals=stop_signals, val=val, tests=tests, held_out=held,
+               weights=weights, verifier=verifier, exact=exact, ratings=ratings)
+    return _rounds(run)
 
 
 def _brief(row):
   test = ' '.join(f'{k}:{100 * v:.0f}' for k, v in row['test'].items())
-  return f"val exact {report.pct(row['val_exact'])}; test exact % by digits {test}"
+  return f"val exact {report.pct(row['val_exact'])}; test exact % by level {test}"

@@ -6,7 +6,7 @@ import pytest
 
 from configs import default
 from configs import tiny
-from selffb import validate
+from selffb.train import checks
 
 
 def flat_keys(c, prefix=''):
@@ -36,4 +36,4 @@ def test_tiny_changes_only_declared_keys():
 def test_every_config_declares_only_default_keys_and_validates(name):
   c = importlib.import_module(f'configs.{name}').get_config()
   assert flat_keys(c) == flat_keys(default.get_config())
-  assert validate.problems(c, 1) == []
+  assert checks.problems(c, 1) == []

@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from selffb import data
+from selffb.data import pipeline
+from selffb.data import tokenizers
+from selffb.tasks import addition
+from selffb.tasks import addition_problems
+from selffb.tasks import lm
+from selffb.tasks import seq
 
-TOK = data.ByteTokenizer()
+TOK = tokenizers.ByteTokenizer()
 
 
 def test_tokenizer_round_trip_and_eos():
@@ -17,16 +22,16 @@ def test_tokenizer_round_trip_and_eos():
 
 
 def test_addition_example_is_reversed():
-  assert data.addition_example(123, 45) == {'prompt': '321+54=', 'answer': '861'}
-  assert data.addition_example(95, 7) == {'prompt': '59+7=', 'answer': '201'}
+  assert addition_problems.addition_example(123, 45) == {'prompt': '321+54=', 'answer': '861'}
+  assert addition_problems.addition_example(95, 7) == {'prompt': '59+7=', 'answer': '201'}
 
 
 def test_addition_splits_deterministic_disjoint_and_sized():
   kw = dict(min_digits=1, max_digits=3, num_train=2000, num_validation=100, num_test=60,
             test_digits=[1, 3, 4], seed=7)
-  splits = data.addition_splits(**kw)
-  assert splits == data.addition_splits(**kw)
-  assert splits['train'] != data.addition_splits(**dict(kw, seed=8))['train']
+  splits = addition_problems.addition_splits(**kw)
+  assert splits == addition_problems.addition_splits(**kw)
+  assert splits['train'] != addition_problems.addition_splits(**dict(kw, seed=8))['train']
   assert len(splits['test_1']) == 50  # Half of the 100 one-digit problems.
   assert len(splits['test_3']) == len(splits['test_4']) == 60
   for n in (3, 4):
@@ -42,65 +47,65 @@ def test_addition_splits_deterministic_disjoint_and_sized():
 def test_too_many_validation_problems_is_an_error():
   # One-digit operands: 100 problems, 5 held out for test_1.
   with pytest.raises(ValueError, match='lower num_validation'):
-    data.addition_splits(1, 1, 10, 95, 5, [1], 0)
+    addition_problems.addition_splits(1, 1, 10, 95, 5, [1], 0)
   # Training problems may repeat: more than there are distinct ones is fine.
-  splits = data.addition_splits(1, 1, 500, 10, 5, [1], 0)
+  splits = addition_problems.addition_splits(1, 1, 500, 10, 5, [1], 0)
   assert len(splits['train']) == 500 and len(set(splits['train'])) <= 85
 
 
 def test_encode_batch_masks_the_answer_only():
-  batch = data.encode_batch([{'prompt': b'21+3=', 'answer': b'51', 'digits': 2}], TOK, 10)
-  seq = [TOK.bos_id] + list(TOK.encode('21+3=51')) + [TOK.eos_id]
-  np.testing.assert_array_equal(batch['inputs'][0], seq[:-1] + [0] * 2)
-  np.testing.assert_array_equal(batch['targets'][0], seq[1:] + [0] * 2)
+  batch = seq.encode_batch([{'prompt': b'21+3=', 'answer': b'51', 'digits': 2}], TOK, 10)
+  tokens = [TOK.bos_id] + list(TOK.encode('21+3=51')) + [TOK.eos_id]
+  np.testing.assert_array_equal(batch['inputs'][0], tokens[:-1] + [0] * 2)
+  np.testing.assert_array_equal(batch['targets'][0], tokens[1:] + [0] * 2)
   # Targets are '2 1 + 3 = 5 1 eos': the answer digits are targets 5 and 6, eos is 7.
   np.testing.assert_array_equal(batch['loss_mask'][0], [0, 0, 0, 0, 0, 1, 1, 1, 0, 0])
   with pytest.raises(ValueError, match='exceeds seq_len=6'):
-    data.encode_batch([{'prompt': b'21+3=', 'answer': b'51', 'digits': 2}], TOK, 6)
+    seq.encode_batch([{'prompt': b'21+3=', 'answer': b'51', 'digits': 2}], TOK, 6)
 
 
 @pytest.fixture(scope='module')
 def tiny_splits(tmp_path_factory):
   c = tiny.get_config()
   c.data.data_dir = str(tmp_path_factory.mktemp('data'))
-  return c, data.load_splits(c.data, c.seed, '')
+  return c, addition.load_splits(c, c.data.data_dir)
 
 
 def test_builder_writes_what_the_generator_says(tiny_splits):
   c, splits = tiny_splits
   a = c.data.addition
-  want = data.addition_splits(a.min_digits, a.max_digits, a.num_train, a.num_validation,
+  want = addition_problems.addition_splits(a.min_digits, a.max_digits, a.num_train, a.num_validation,
                               a.num_test, list(a.test_digits), c.seed)
   assert set(splits) == set(want)
   for name, pairs in want.items():
-    got = sorted((r['prompt'].decode(), r['answer'].decode()) for r in data.read_all(
+    got = sorted((r['prompt'].decode(), r['answer'].decode()) for r in pipeline.read_all(
         splits[name]))
-    expected = sorted(tuple(data.addition_example(x, y).values()) for x, y in pairs)
+    expected = sorted(tuple(addition_problems.addition_example(x, y).values()) for x, y in pairs)
     assert got == expected, name
 
 
 def test_same_settings_reuse_the_written_data(tiny_splits):
   c, splits = tiny_splits
   files = sorted(os.listdir(c.data.data_dir + '/reversed_addition'))
-  again = data.load_splits(c.data, c.seed, '')
+  again = addition.load_splits(c, c.data.data_dir)
   assert sorted(os.listdir(c.data.data_dir + '/reversed_addition')) == files
   c2 = tiny.get_config()
   c2.data.data_dir = c.data.data_dir
   c2.data.addition.num_train = 300
-  data.load_splits(c2.data, c2.seed, '')  # Different settings: a second dataset beside it.
+  addition.load_splits(c2, c2.data.data_dir)  # Different settings: a second dataset beside it.
   assert len(os.listdir(c.data.data_dir + '/reversed_addition')) == len(files) + 1
   assert len(again['train']) == 512
 
 
 def test_iterator_state_restores_the_stream(tiny_splits):
   _, splits = tiny_splits
-  ds = data.train_dataset(splits['train'], TOK, 13, 16, seed=0)
-  it = data.make_iterator(ds)
+  ds = seq.train_dataset(splits['train'], TOK, 13, 16, seed=0)
+  it = pipeline.make_iterator(ds)
   for _ in range(40):  # Past the end of the first epoch (512 / 16 = 32 batches).
     next(it)
   state = it.get_state()
   want = [next(it) for _ in range(3)]
-  it2 = data.make_iterator(ds)
+  it2 = pipeline.make_iterator(ds)
   it2.set_state(state)
   for w in want:
     np.testing.assert_array_equal(next(it2)['inputs'], w['inputs'])
@@ -108,28 +113,33 @@ def test_iterator_state_restores_the_stream(tiny_splits):
 
 def test_hosts_split_each_global_batch(tiny_splits):
   _, splits = tiny_splits
-  full = data.train_dataset(splits['train'], TOK, 13, 16, seed=0)[5]
-  parts = [data.train_dataset(splits['train'], TOK, 13, 16, seed=0, process_index=i,
+  full = seq.train_dataset(splits['train'], TOK, 13, 16, seed=0)[5]
+  parts = [seq.train_dataset(splits['train'], TOK, 13, 16, seed=0, process_index=i,
                               process_count=2)[5] for i in range(2)]
   np.testing.assert_array_equal(np.concatenate([p['inputs'] for p in parts]), full['inputs'])
   with pytest.raises(ValueError, match='not divisible'):
-    data.train_dataset(splits['train'], TOK, 13, 15, seed=0, process_count=2)
+    seq.train_dataset(splits['train'], TOK, 13, 15, seed=0, process_count=2)
 
 
 def text_config(tmp_path, paths):
-  c = tiny.get_config().data
-  c.task, c.data_dir, c.seq_len, c.text.paths = 'text', str(tmp_path / 'data'), 16, paths
+  c = tiny.get_config()
+  c.data.task, c.data.data_dir, c.data.seq_len = 'text', str(tmp_path / 'data'), 16
+  c.data.text.paths = paths
   return c
+
+
+def load_text(c):
+  return lm.load_splits(c, c.data.data_dir)
 
 
 def test_text_files_become_chunks(tmp_path):
   (tmp_path / 'a.txt').write_text('héllo world, ' * 20)
-  splits = data.load_splits(text_config(tmp_path, str(tmp_path / '*.txt')), 0, '')
-  records = list(data.read_all(splits['train'])) + list(data.read_all(splits['validation']))
+  splits = load_text(text_config(tmp_path, str(tmp_path / '*.txt')))
+  records = list(pipeline.read_all(splits['train'])) + list(pipeline.read_all(splits['validation']))
   assert ''.join(sorted(r['answer'].decode() for r in records))  # All valid UTF-8.
   assert all(len(r['answer']) <= 15 and r['prompt'] == b'' for r in records)
   assert sum(len(r['answer'].decode()) for r in records) == len('héllo world, ' * 20)
-  batch = data.encode_batch(records[:2], TOK, 16)
+  batch = seq.encode_batch(records[:2], TOK, 16)
   assert batch['loss_mask'][0, 0] == 1  # Loss on every token of text.
 
 
@@ -140,10 +150,10 @@ def test_text_files_become_chunks(tmp_path):
 def test_bad_text_file(tmp_path, content, message):
   (tmp_path / 'bad.txt').write_bytes(content)
   with pytest.raises(ValueError, match=message):
-    data.load_splits(text_config(tmp_path, str(tmp_path / 'bad.txt')), 0, '')
+    load_text(text_config(tmp_path, str(tmp_path / 'bad.txt')))
   assert not (tmp_path / 'data').exists()  # Nothing written before the check.
 
 
 def test_text_paths_that_match_nothing(tmp_path):
   with pytest.raises(ValueError, match='matches no file'):
-    data.load_splits(text_config(tmp_path, str(tmp_path / 'nope*.txt')), 0, '')
+    load_text(text_config(tmp_path, str(tmp_path / 'nope*.txt')))

@@ -11,10 +11,15 @@ import pytest
 
 from configs import tiny
 from selffb import checkpoint
-from selffb import data
-from selffb import lock
-from selffb import train
-from selffb import validate
+from selffb import runtime
+from selffb.data import pipeline
+from selffb.modes import train as train_mode
+from selffb.tasks import seq
+from selffb.train import checks
+from selffb.train import loop
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+from selffb.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FLAGS = ['--config.train.num_steps=300', '--config.train.checkpoint_every=20',
@@ -104,16 +109,16 @@ def setup_and_batch(data_dir):
   c = tiny.get_config()
   c.data.data_dir = data_dir
   c.mesh.data = 1
-  s = train.setup(c, '', jax.devices()[:1])
-  it = data.make_iterator(data.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
-  batch = {k: v for k, v in next(it).items() if k in train.TRAIN_KEYS}
+  s = setup_lib.setup(c, '', jax.devices()[:1])
+  it = pipeline.make_iterator(seq.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
+  batch = {k: v for k, v in next(it).items() if k in seq.BATCH_KEYS}
   return s, batch
 
 
 def test_a_non_finite_step_is_skipped_and_counted(setup_and_batch):
   s, batch = setup_and_batch
-  state, state_sh = train.init_state(s, jax.random.key(0))
-  p_train, _ = train.compile_steps(s, state_sh)
+  state, state_sh = state_lib.init_state(s, jax.random.key(0))
+  p_train, _ = step_lib.compile_steps(s, state_sh)
   before = jax.device_get(state)
   bad = dict(batch, loss_mask=np.full_like(batch['loss_mask'], np.nan))
   state, m = p_train(state, bad, jax.random.key(1))
@@ -131,7 +136,7 @@ def test_a_non_finite_step_is_skipped_and_counted(setup_and_batch):
 
 
 def test_nan_batches_stop_the_run_with_the_step_and_batch(data_dir, tmp_path, monkeypatch):
-  encode = data.encode_batch
+  encode = seq.encode_batch
   calls = []
 
   def poisoned(records, tokenizer, seq_len, *args):
@@ -141,13 +146,13 @@ def test_nan_batches_stop_the_run_with_the_step_and_batch(data_dir, tmp_path, mo
       batch['loss_mask'][:] = np.nan
     return batch
 
-  monkeypatch.setattr(data, 'encode_batch', poisoned)
+  monkeypatch.setattr(seq, 'encode_batch', poisoned)
   c = tiny.get_config()
   c.data.data_dir = data_dir
   c.train.update(num_steps=200, checkpoint_every=10, max_nonfinite_steps=3)
-  with pytest.raises(train.TrainingDiverged, match=r'3 consecutive steps up to step \d+ .*'
+  with pytest.raises(loop.TrainingDiverged, match=r'3 consecutive steps up to step \d+ .*'
                      r'data iterator state \{.*next_index.*\}.*checkpoint at step \d+'):
-    train.train_and_evaluate(c, str(tmp_path))
+    train_mode.train_and_evaluate(c, str(tmp_path))
   step, state, _, _, _ = final(str(tmp_path))
   assert step <= 30
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
@@ -185,8 +190,8 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(two_checkpoints, ca
   manager = checkpoint.make_manager(workdir, 3)
   assert manager.all_steps() == [10, 20]
   corrupt(workdir, 20)
-  s = train.setup(c, workdir)
-  state, _ = train.init_state(s, jax.random.key(0))
+  s = setup_lib.setup(c, workdir)
+  state, _ = state_lib.init_state(s, jax.random.key(0))
   with caplog.at_level('WARNING'):
     step, restored, *_ = checkpoint.restore(checkpoint.make_manager(workdir, 3), state,
                                             state.params)
@@ -194,7 +199,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(two_checkpoints, ca
   assert 'checkpoint 20' in caplog.text and 'cannot be restored' in caplog.text
   corrupt(workdir, 10)
   with pytest.raises(checkpoint.CheckpointError, match='none can be restored'):
-    train.train_and_evaluate(c, workdir)  # Never a silent fresh start over old checkpoints.
+    train_mode.train_and_evaluate(c, workdir)  # Never a silent fresh start over old checkpoints.
 
 
 def test_every_config_problem_is_reported_at_once():
@@ -205,46 +210,46 @@ def test_every_config_problem_is_reported_at_once():
   c.mesh.data = 3
   c.data.addition.min_digits = 0
   c.train.log_every = 0
-  with pytest.raises(validate.ConfigError) as e:
-    validate.check_config(c, num_devices=8)
+  with pytest.raises(checks.ConfigError) as e:
+    checks.check_config(c, num_devices=8)
   message = str(e.value)
   assert 'has 6 problem(s)' in message
   for fragment in ('num_heads=5', 'must be >= 0', "schedule='cosine'", 'needs 3 devices',
                    'digits range [0, 3]', 'log_every=0'):
     assert fragment in message, fragment
-  validate.check_config(tiny.get_config(), num_devices=8)  # The shipped config is valid.
+  checks.check_config(tiny.get_config(), num_devices=8)  # The shipped config is valid.
 
 
 def test_resuming_under_a_different_model_names_the_keys(two_checkpoints):
   c, workdir = two_checkpoints
   c.model.d_model = 64
   c.optim.lr = 1e-2
-  with pytest.raises(validate.ConfigError, match=r'model.d_model 32 -> 64'):
-    train.train_and_evaluate(c, workdir)
+  with pytest.raises(checks.ConfigError, match=r'model.d_model 32 -> 64'):
+    train_mode.train_and_evaluate(c, workdir)
   c.model.d_model = 32
   c.optim.clip_norm = 0.0  # The optimizer state loses a part: a different shape.
-  with pytest.raises(validate.ConfigError, match=r'optim.clip_norm 1.0 -> 0.0'):
-    train.train_and_evaluate(c, workdir)
+  with pytest.raises(checks.ConfigError, match=r'optim.clip_norm 1.0 -> 0.0'):
+    train_mode.train_and_evaluate(c, workdir)
   c.optim.clip_norm = 1.0
   c.train.num_steps = 30  # A new lr and step count are allowed, and logged.
-  summary = train.train_and_evaluate(c, workdir)
+  summary = train_mode.train_and_evaluate(c, workdir)
   assert summary['steps'] == 30
 
 
 def test_workdir_lock(tmp_path):
-  held = lock.acquire(str(tmp_path))
-  with pytest.raises(lock.WorkdirLocked, match=f'pid {os.getpid()}'):
-    lock.acquire(str(tmp_path))
-  lock.release(held)
-  lock.release(lock.acquire(str(tmp_path)))
+  held = runtime.acquire(str(tmp_path))
+  with pytest.raises(runtime.WorkdirLocked, match=f'pid {os.getpid()}'):
+    runtime.acquire(str(tmp_path))
+  runtime.release(held)
+  runtime.release(runtime.acquire(str(tmp_path)))
   # A holder that dies leaves its name in the file: the next run takes over with a warning.
   holder = subprocess.Popen([sys.executable, '-c', (
-      'import sys, time; sys.path.insert(0, "."); from selffb import lock; '
-      f'h = lock.acquire({str(tmp_path)!r}); print("held", flush=True); time.sleep(60)')],
+      'import sys, time; sys.path.insert(0, "."); from selffb import runtime; '
+      f'h = runtime.acquire({str(tmp_path)!r}); print("held", flush=True); time.sleep(60)')],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == 'held'
-  with pytest.raises(lock.WorkdirLocked, match=f'pid {holder.pid}'):
-    lock.acquire(str(tmp_path))
+  with pytest.raises(runtime.WorkdirLocked, match=f'pid {holder.pid}'):
+    runtime.acquire(str(tmp_path))
   holder.kill()
   holder.wait()
-  lock.release(lock.acquire(str(tmp_path)))
+  runtime.release(runtime.acquire(str(tmp_path)))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from selffb import host_memory
+from selffb.cpu import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CALLS = 40
@@ -15,7 +15,7 @@ PAGES = 4096 * 4096 * 4 // 4096  # The probe's temporary, in 4 KiB pages.
 # page-faulted that temporary in anew.
 PROBE = f"""
 import resource, sys
-from selffb import host_memory
+from selffb.cpu import host_memory
 if sys.argv[1] == 'mallopt':
   assert host_memory.reuse_freed_memory()
 import jax, jax.numpy as jnp

@@ -6,19 +6,29 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from configs import tiny
-from selffb import model as model_lib
 from selffb import sampling
+from selffb.data import tokenizers
+from selffb.models import attention
+from selffb.models import decoder
+
+VOCAB = tokenizers.ByteTokenizer.vocab_size
+
+
+def run(module, variables, *args, **kw):
+  """(logits, cache) of a model call."""
+  outputs, cache = module.apply(variables, *args, **kw)
+  return outputs['logits'], cache
 
 
 def make_cfg(**overrides):
   c = tiny.get_config().model
   c.update(overrides)
-  return model_lib.ModelConfig.from_config(c)
+  return decoder.Config.from_config(c, VOCAB)
 
 
 def init(cfg, length=12, seed=0):
   tokens = jax.random.randint(jax.random.key(seed), (2, length), 3, cfg.vocab_size)
-  params = nn.unbox(model_lib.Transformer(cfg).init(jax.random.key(1), tokens)['params'])
+  params = nn.unbox(decoder.Decoder(cfg).init(jax.random.key(1), tokens)['params'])
   return params, tokens
 
 
@@ -36,8 +46,10 @@ VARIANTS = [
 def test_shapes_and_finite(overrides):
   cfg = make_cfg(**overrides)
   params, tokens = init(cfg)
-  logits, cache = model_lib.Transformer(cfg).apply({'params': params}, tokens)
+  outputs, cache = decoder.Decoder(cfg).apply({'params': params}, tokens)
+  logits = outputs['logits']
   assert logits.shape == (2, 12, cfg.vocab_size) and logits.dtype == jnp.float32
+  assert outputs['hidden'].shape == (2, 12, cfg.d_model)  # What a head on top reads.
   assert cache is None
   assert np.isfinite(np.asarray(logits)).all()
   if overrides.get('param_dtype') == 'bfloat16':
@@ -49,7 +61,7 @@ def test_shapes_and_finite(overrides):
 def test_dropout_only_in_training_mode():
   cfg = make_cfg(dropout=0.5)
   params, tokens = init(cfg)
-  apply = lambda c, seed: model_lib.Transformer(c).apply(
+  apply = lambda c, seed: run(decoder.Decoder(c), 
       {'params': params}, tokens, rngs={'dropout': jax.random.key(seed)})[0]
   np.testing.assert_array_equal(apply(cfg, 0), apply(cfg, 1))
   train = cfg.replace(deterministic=False)
@@ -73,7 +85,7 @@ def test_causality_gradient(positions, pos_ids):
         out = out + delta_BxTxE
       return out
     with nn.intercept_methods(add_delta):
-      logits, _ = model_lib.Transformer(cfg).apply({'params': params}, tokens, pos)
+      logits, _ = run(decoder.Decoder(cfg), {'params': params}, tokens, pos)
     return logits[:, t].sum()
 
   grad = jax.grad(out_at_t)(jnp.zeros((2, 8, cfg.d_model)))
@@ -87,11 +99,11 @@ def test_attention_implementations_and_remat_agree():
   gradients, whose attention backward is written by hand."""
   cfg = make_cfg()
   params, tokens = init(cfg)
-  want = model_lib.Transformer(cfg).apply({'params': params}, tokens)[0]
+  want = run(decoder.Decoder(cfg), {'params': params}, tokens)[0]
   for other in (cfg.replace(attention='dot_product'), cfg.replace(remat='dots')):
-    got = model_lib.Transformer(other).apply({'params': params}, tokens)[0]
+    got = run(decoder.Decoder(other), {'params': params}, tokens)[0]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-  loss = lambda c, p: jnp.sum(model_lib.Transformer(c).apply({'params': p}, tokens)[0] ** 2)
+  loss = lambda c, p: jnp.sum(run(decoder.Decoder(c), {'params': p}, tokens)[0] ** 2)
   want_g = jax.grad(lambda p: loss(cfg, p))(params)
   for other in (cfg.replace(attention='dot_product'), cfg.replace(remat='full')):
     got_g = jax.grad(lambda p, c=other: loss(c, p))(params)
@@ -112,11 +124,11 @@ def test_model_gradients_equal_autodiff_attention(overrides, monkeypatch):
 
   def grads(c):  # A new function each call, so each is traced anew.
     return jax.jit(jax.grad(lambda p: jnp.sum(
-        model_lib.Transformer(c).apply({'params': p}, tokens, pos)[0] ** 2)))(params)
+        run(decoder.Decoder(c), {'params': p}, tokens, pos)[0] ** 2)))(params)
 
   got = grads(cfg)
-  monkeypatch.setattr(model_lib, 'causal_attention',
-                      lambda *args: model_lib._causal_attention_fwd(*args)[0])
+  monkeypatch.setattr(attention, 'causal_attention',
+                      lambda *args: attention._causal_attention_fwd(*args)[0])
   want = grads(cfg)
   if cfg.dtype == jnp.float32:
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -137,9 +149,9 @@ def test_causal_attention_backward_equals_autodiff(block, dtype):
   q, k, v, dout = (jax.random.normal(key, (b, h, t, d), dtype)
                    for key in jax.random.split(jax.random.key(0), 4))
   valid = jnp.ones((b, t), bool).at[1, :3].set(False)
-  out, vjp = jax.vjp(lambda *qkv: model_lib.causal_attention(*qkv, valid, block), q, k, v)
+  out, vjp = jax.vjp(lambda *qkv: attention.causal_attention(*qkv, valid, block), q, k, v)
   want_out, want_vjp = jax.vjp(
-      lambda *qkv: model_lib._causal_attention_fwd(*qkv, valid, block)[0], q, k, v)
+      lambda *qkv: attention._causal_attention_fwd(*qkv, valid, block)[0], q, k, v)
   tol = 1e-5 if dtype == jnp.float32 else 2e-2
   np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want_out, np.float32),
                              rtol=tol, atol=tol)
@@ -160,7 +172,7 @@ def test_blocked_attention_equals_one_block(block):
   blocked = cfg.replace(attention_block=block)
 
   def loss(c, p):
-    logits = model_lib.Transformer(c).apply({'params': p}, tokens, pos)[0]
+    logits = run(decoder.Decoder(c), {'params': p}, tokens, pos)[0]
     return jnp.sum(jnp.where(pos[..., None] >= 0, logits, 0.0) ** 2), logits
 
   (want_l, want), want_g = jax.value_and_grad(lambda p: loss(cfg, p), has_aux=True)(params)
@@ -176,7 +188,7 @@ def test_negative_attention_block_is_rejected():
   c = tiny.get_config().model
   c.attention_block = -1
   with pytest.raises(ValueError, match='attention_block'):
-    model_lib.ModelConfig.from_config(c)
+    decoder.Config.from_config(c, VOCAB)
 
 
 def test_scanned_layers_equal_unrolled_layers():
@@ -186,10 +198,10 @@ def test_scanned_layers_equal_unrolled_layers():
   stacked['blocks'] = jax.tree.map(lambda *x: jnp.stack(x),
                                    *[params[f'block_{i}'] for i in range(cfg.num_layers)])
   scanned = cfg.replace(scan_layers=True)
-  assert jax.tree.structure(nn.unbox(model_lib.Transformer(scanned).init(
+  assert jax.tree.structure(nn.unbox(decoder.Decoder(scanned).init(
       jax.random.key(1), tokens)['params'])) == jax.tree.structure(stacked)
-  want = model_lib.Transformer(cfg).apply({'params': params}, tokens)[0]
-  got = model_lib.Transformer(scanned).apply({'params': stacked}, tokens)[0]
+  want = run(decoder.Decoder(cfg), {'params': params}, tokens)[0]
+  got = run(decoder.Decoder(scanned), {'params': stacked}, tokens)[0]
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -198,14 +210,14 @@ def test_cached_decoding_equals_full_forward(overrides):
   """Prefill 5 tokens, then feed one token at a time: logits match the full pass."""
   cfg = make_cfg(**overrides)
   params, tokens = init(cfg, length=12)
-  model = model_lib.Transformer(cfg)
-  full, _ = model.apply({'params': params}, tokens)
-  cache = model_lib.init_cache(cfg, batch=2, length=16)
+  model = decoder.Decoder(cfg)
+  full, _ = run(model, {'params': params}, tokens)
+  cache = decoder.init_cache(cfg, batch=2, length=16)
   pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
-  step_logits, cache = model.apply({'params': params}, tokens[:, :5], pos[:, :5], cache)
+  step_logits, cache = run(model, {'params': params}, tokens[:, :5], pos[:, :5], cache)
   outs = [step_logits]
   for i in range(5, 12):
-    step_logits, cache = model.apply({'params': params}, tokens[:, i:i + 1], pos[:, i:i + 1],
+    step_logits, cache = run(model, {'params': params}, tokens[:, i:i + 1], pos[:, i:i + 1],
                                      cache)
     outs.append(step_logits)
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5, rtol=1e-5)
@@ -215,11 +227,11 @@ def test_cached_decoding_equals_full_forward(overrides):
 def test_left_padded_prompt_matches_unpadded():
   cfg = make_cfg()
   params, tokens = init(cfg, length=6)
-  model = model_lib.Transformer(cfg)
-  alone, _ = model.apply({'params': params}, tokens[:1, :4])
+  model = decoder.Decoder(cfg)
+  alone, _ = run(model, {'params': params}, tokens[:1, :4])
   padded, pos = sampling.left_pad([np.asarray(tokens[0, :4]), np.asarray(tokens[1])], 0)
-  cache = model_lib.init_cache(cfg, batch=2, length=8)
-  logits, _ = model.apply({'params': params}, jnp.asarray(padded), jnp.asarray(pos), cache)
+  cache = decoder.init_cache(cfg, batch=2, length=8)
+  logits, _ = run(model, {'params': params}, jnp.asarray(padded), jnp.asarray(pos), cache)
   np.testing.assert_allclose(logits[0, 2:], alone[0], atol=2e-5, rtol=1e-5)
 
 
@@ -234,4 +246,4 @@ def test_bad_model_config(key, value, message):
   c = tiny.get_config().model
   c[key] = value
   with pytest.raises(ValueError, match=message):
-    model_lib.ModelConfig.from_config(c)
+    decoder.Config.from_config(c, VOCAB)

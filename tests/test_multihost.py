@@ -11,7 +11,8 @@ import numpy as np
 
 from configs import tiny
 from selffb import checkpoint
-from selffb import train
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--config=configs/tiny.py', '--config.train.num_steps=20']
@@ -40,7 +41,7 @@ def test_two_processes_match_one(tmp_path):
   # Restored onto this process's 8-device mesh: a checkpoint written by two hosts reshards.
   c = tiny.get_config()
   c.data.data_dir = str(tmp_path / 'data')
-  state, _ = train.init_state(train.setup(c, ''), jax.random.key(0))
+  state, _ = state_lib.init_state(setup_lib.setup(c, ''), jax.random.key(0))
   load = lambda d: checkpoint.restore(checkpoint.make_manager(str(tmp_path / d), 2), state,
                                       state.params)
   multi, one = load('multi'), load('single')

@@ -5,12 +5,21 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from selffb import model as model_lib
 from selffb import sampling
 from selffb import sharding
+from selffb.data import tokenizers
+from selffb.models import decoder
 
 V = 8
 NEG = -1e9
+
+VOCAB = tokenizers.ByteTokenizer.vocab_size
+
+
+def logits_of(module, variables, *args, **kw):
+  """(logits, cache) of a model call."""
+  outputs, cache = module.apply(variables, *args, **kw)
+  return outputs['logits'], cache
 
 
 def counting_step(token_B, pos_B, cache):
@@ -104,9 +113,9 @@ def test_bad_sampling_params(kw, message):
 
 @pytest.fixture(scope='module')
 def tiny_model():
-  cfg = model_lib.ModelConfig.from_config(tiny.get_config().model)
+  cfg = decoder.Config.from_config(tiny.get_config().model, VOCAB)
   tokens = jnp.ones((1, 4), jnp.int32)
-  params = nn.unbox(model_lib.Transformer(cfg).init(jax.random.key(3), tokens)['params'])
+  params = nn.unbox(decoder.Decoder(cfg).init(jax.random.key(3), tokens)['params'])
   rng = np.random.default_rng(0)
   prompts = [rng.integers(3, cfg.vocab_size, n).astype(np.int32) for n in (3, 9, 6, 1)]
   return cfg, params, prompts
@@ -114,7 +123,7 @@ def tiny_model():
 
 def gen(tiny_model, prompts, sp, **kw):
   cfg, params, _ = tiny_model
-  return sampling.generate(params, prompts, cfg=cfg, sp=sp, eos_id=-1, pad_id=0, **kw)
+  return sampling.generate(params, prompts, model=decoder, cfg=cfg, sp=sp, eos_id=-1, pad_id=0, **kw)
 
 
 def test_batched_prompts_of_different_lengths_match_each_alone(tiny_model):
@@ -131,7 +140,7 @@ def test_logprobs_match_a_full_forward_pass(tiny_model):
   sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=6)
   for prompt, (tokens, logprobs) in zip(prompts, gen(tiny_model, prompts, sp, seed=5)):
     seq = jnp.asarray(np.concatenate([prompt, tokens]))[None]
-    logits, _ = model_lib.Transformer(cfg).apply({'params': params}, seq)
+    logits, _ = logits_of(decoder.Decoder(cfg), {'params': params}, seq)
     logp = jax.nn.log_softmax(logits[0, len(prompt) - 1:-1])
     np.testing.assert_allclose(logprobs, logp[np.arange(6), tokens], atol=1e-5)
 

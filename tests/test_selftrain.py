@@ -6,12 +6,17 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from selffb import data
-from selffb import modes
-from selffb import scoring
+from selffb import runtime
 from selffb import selftrain
-from selffb import train
-from selffb import validate
+from selffb.data import pipeline
+from selffb.data import tokenizers
+from selffb.feedback import scoring
+from selffb.feedback import signals
+from selffb.modes import sample as sample_mode
+from selffb.tasks import addition
+from selffb.tasks import addition_problems
+from selffb.tasks import seq
+from selffb.train import checks
 
 
 # ---- Pure scoring and selection. ----
@@ -30,7 +35,7 @@ def test_majority_vote_keeps_the_most_common_answer():
   answers = ['561', '561', '560', '561', '999']
   shares = scoring.vote_shares(answers)
   weights = scoring.normalize_weights({'vote': 1.0})
-  group = [dict(cand(a, scoring.fuse({'vote': v}, weights)), vote=v)
+  group = [dict(cand(a, signals.fuse({'vote': v}, weights)), vote=v)
            for a, v in zip(answers, shares)]
   kept = scoring.select([group], theta=0.5)
   assert [c['answer'] for c in kept] == ['561']
@@ -42,7 +47,7 @@ def test_fused_score_is_the_normalised_weighted_sum():
   weights = scoring.normalize_weights({'confidence_mean': 1.0, 'verifier': 3.0, 'vote': 0.0})
   assert weights == {'confidence_mean': 0.25, 'verifier': 0.75}
   scores = {'confidence_mean': 0.8, 'verifier': 1.0, 'vote': 0.2}
-  assert scoring.fuse(scores, weights) == pytest.approx(0.25 * 0.8 + 0.75)
+  assert signals.fuse(scores, weights) == pytest.approx(0.25 * 0.8 + 0.75)
 
 
 @pytest.mark.parametrize('weights, match', [
@@ -70,18 +75,19 @@ def test_select_best_per_prompt_then_threshold_then_top_fraction():
 
 
 def test_addition_verifier_plain_and_aligned():
-  plain = scoring.resolve_verifier('addition', data.Layout())
+  plain = scoring.resolve_verifier('task', addition.verifier(seq.SequenceFormat()))
   assert plain('59+7=', '201') and not plain('59+7=', '2010') and not plain('59+7=', '200')
-  aligned = scoring.resolve_verifier('addition', data.layout_of(_aligned_data()))
-  example = data.addition_example(95, 7, aligned=True)
+  aligned = scoring.resolve_verifier('task', addition.verifier(_aligned_format()))
+  example = addition_problems.addition_example(95, 7, aligned=True)
   assert example == {'prompt': '590+700=', 'answer': '201'}
   assert aligned(example['prompt'], '201') and not aligned(example['prompt'], '200')
-  assert data.addition_answer('9x+1=') is None and data.addition_answer('12+3') is None
-  assert scoring.resolve_verifier('', data.Layout()) is None
-  custom = scoring.resolve_verifier('operator:eq', data.Layout())
+  assert addition_problems.addition_answer('9x+1=') is None
+  assert addition_problems.addition_answer('12+3') is None
+  assert scoring.resolve_verifier('', plain) is None
+  custom = scoring.resolve_verifier('operator:eq', plain)
   assert custom('1', '1') and not custom('1', '2')
   with pytest.raises(ValueError, match='selftrain.verifier'):
-    scoring.resolve_verifier('nope.module:f', data.Layout())
+    scoring.resolve_verifier('nope.module:f', plain)
 
 
 def test_ratings_file_is_read_and_bad_lines_named(tmp_path):
@@ -95,26 +101,26 @@ def test_ratings_file_is_read_and_bad_lines_named(tmp_path):
 
 
 def test_mixed_source_repeats_self_records_to_the_share():
-  base = selftrain.ListSource([{'i': i} for i in range(90)])
+  base = pipeline.ListSource([{'i': i} for i in range(90)])
   extra = [{'self': j} for j in range(10)]
-  mixed = selftrain.mix(base, extra, share=0.5, cap=0)
+  mixed = pipeline.mix(base, extra, share=0.5, cap=0)
   assert len(mixed) == 180  # 90 base + 10 self records repeated 9 times.
   got = mixed.__getitems__([0, 89, 90, 99, 100, 179])
   assert got == [{'i': 0}, {'i': 89}, {'self': 0}, {'self': 9}, {'self': 0}, {'self': 9}]
-  assert selftrain.mix(base, extra, share=0.0, cap=0) is base
-  capped = selftrain.mix(base, extra, share=0.5, cap=3)
+  assert pipeline.mix(base, extra, share=0.0, cap=0) is base
+  capped = pipeline.mix(base, extra, share=0.5, cap=3)
   assert capped.extra.records == extra[-3:]
 
 
 def test_drawn_problems_have_the_length_and_skip_held_out():
   rng = np.random.default_rng(0)
   exclude = {(a, b) for a in range(100, 1000) for b in range(1, 10)}
-  pairs = selftrain.draw_problems(rng, 3, 200, exclude)
+  pairs = addition_problems.draw_problems(rng, 3, 200, exclude)
   assert len(set(pairs)) == 200
   assert all(max(len(str(a)), len(str(b))) == 3 for a, b in pairs)
   assert not set(pairs) & exclude
   with pytest.raises(ValueError, match='prompts_per_round'):
-    selftrain.draw_problems(rng, 1, 80, set())
+    addition_problems.draw_problems(rng, 1, 80, set())
 
 
 def test_selftrain_config_problems_are_all_named():
@@ -125,7 +131,7 @@ def test_selftrain_config_problems_are_all_named():
   c.selftrain.weights.vote = -1.0
   c.selftrain.warmup_steps = c.selftrain.steps_per_round
   c.selftrain.target_digits = 9  # Not a test length.
-  found = '\n'.join(validate.problems(c, 1))
+  found = '\n'.join(checks.problems(c, 1))
   for key in ('samples_per_prompt', 'selftrain.mix', 'keep_top_fraction', 'selftrain.weights',
               'selftrain.warmup_steps', 'selftrain.target_digits'):
     assert key in found
@@ -133,23 +139,23 @@ def test_selftrain_config_problems_are_all_named():
 
 # ---- The aligned layout. ----
 
-def _aligned_data():
-  c = tiny.get_config().data
-  c.addition.format = 'aligned'
-  c.addition.position_shift = 2
-  return c
+def _aligned_format():
+  c = tiny.get_config()
+  c.data.addition.format = 'aligned'
+  c.data.addition.position_shift = 2
+  return addition.batch_format(c)
 
 
 def test_aligned_position_ids_restart_per_operand():
-  tok = data.ByteTokenizer()
-  layout = data.layout_of(_aligned_data())
-  ex = data.addition_example(12, 3, aligned=True)
+  tok = tokenizers.ByteTokenizer()
+  layout = _aligned_format()
+  ex = addition_problems.addition_example(12, 3, aligned=True)
   assert ex == {'prompt': '210+300=', 'answer': '510'}
   tokens = np.concatenate([tok.encode_prompt(ex['prompt']), tok.encode(ex['answer'])])
   #              bos 2 1 0 + 3 0 0 = 5 1 0
   expected = [0, 1, 2, 3, 0, 1, 2, 3, 1, 2, 3, 4]
   assert layout.position_ids(tokens, tok).tolist() == expected
-  batch = data.encode_batch([{**ex, 'digits': 2}], tok, 13, layout, shifts=[2])
+  batch = seq.encode_batch([{**ex, 'digits': 2}], tok, 13, layout, shifts=[2])
   assert batch['inputs'][0, :11].tolist() == tokens[:-1].tolist()  # No eos appended.
   assert batch['targets'][0, 10] == tok.encode('0')[0]
   assert batch['loss_mask'][0].tolist() == [0] * 8 + [1] * 3 + [0] * 2
@@ -158,19 +164,19 @@ def test_aligned_position_ids_restart_per_operand():
 
 
 def test_training_shifts_are_reproducible_and_in_range(tmp_path):
-  tok = data.ByteTokenizer()
-  records = [{**data.addition_example(i, i + 7, aligned=True), 'digits': 2}
+  tok = tokenizers.ByteTokenizer()
+  records = [{**addition_problems.addition_example(i, i + 7, aligned=True), 'digits': 2}
              for i in range(10, 74)]
-  source = selftrain.ListSource([{k: v.encode() if isinstance(v, str) else v
+  source = pipeline.ListSource([{k: v.encode() if isinstance(v, str) else v
                                   for k, v in r.items()} for r in records])
-  layout = data.layout_of(_aligned_data())
-  ds = data.train_dataset(source, tok, 12, 16, seed=3, layout=layout)
+  layout = _aligned_format()
+  ds = seq.train_dataset(source, tok, 12, 16, seed=3, fmt=layout)
   a, b = ds[4], ds[4]
   np.testing.assert_array_equal(a['positions'], b['positions'])
   starts = a['positions'][:, 1]  # Digit 1 of the first operand: 1 + shift.
   assert set(starts.tolist()) <= {1, 2, 3} and len(set(starts.tolist())) > 1
-  host = data.train_dataset(source, tok, 12, 16, seed=3, process_index=1, process_count=2,
-                            layout=layout)[4]
+  host = seq.train_dataset(source, tok, 12, 16, seed=3, process_index=1, process_count=2,
+                            fmt=layout)[4]
   np.testing.assert_array_equal(host['positions'], a['positions'][8:])
 
 
@@ -231,7 +237,7 @@ def test_two_rounds_end_to_end(uninterrupted, data_dir):
       assert set(k['scores']) == set(scoring.SOURCES)
       assert k['q'] == pytest.approx(0.5 * k['scores']['vote'] +
                                      0.5 * k['scores']['confidence_mean'])
-      verdict = k['answer'] == data.addition_answer(k['prompt'], aligned=True)
+      verdict = k['answer'] == addition_problems.addition_answer(k['prompt'], aligned=True)
       assert k['correct'] == verdict and k['digits'] == row['digits']
       well_formed = k['answer'].isdigit() and len(k['answer']) == row['digits'] + 1
       assert k['scores']['format'] == float(well_formed)
@@ -247,7 +253,7 @@ def test_two_rounds_end_to_end(uninterrupted, data_dir):
   assert strip_times(again) == strip_times(rows)
 
 
-class _StopAfter(train.StopSignals):
+class _StopAfter(runtime.StopSignals):
   """A SIGTERM that arrives at the n-th step the loop checks, across rounds."""
   budget = 0
 
@@ -261,7 +267,7 @@ class _StopAfter(train.StopSignals):
 def test_resume_mid_round_gives_the_same_report(uninterrupted, data_dir, tmp_path, monkeypatch):
   _, rows = uninterrupted
   workdir = str(tmp_path)
-  monkeypatch.setattr(train, 'StopSignals', _StopAfter)
+  monkeypatch.setattr(runtime, 'StopSignals', _StopAfter)
   _StopAfter.budget = 20 + 10 + 4  # Round 0, round 1, then 4 steps into round 2.
   assert selftrain.run_selftrain(selftrain_config(data_dir), workdir) is None
   assert os.path.exists(os.path.join(workdir, 'rounds', 'r02', 'kept.jsonl'))
@@ -273,27 +279,27 @@ def test_resume_mid_round_gives_the_same_report(uninterrupted, data_dir, tmp_pat
 
 def test_eval_and_sample_modes_read_the_last_round(uninterrupted, data_dir):
   workdir, _ = uninterrupted
-  assert modes.checkpoint_dir(workdir) == os.path.join(workdir, 'rounds', 'r02')
-  samples = modes.sample_checkpoint(selftrain_config(data_dir), workdir, ['2100+3000='])
+  assert selftrain.model_dir(workdir) == os.path.join(workdir, 'rounds', 'r02')
+  samples = sample_mode.sample_checkpoint(selftrain_config(data_dir), workdir, ['2100+3000='])
   assert samples[0]['tokens'] == 4 and samples[0]['ended']  # Cut at the aligned answer length.
 
 
 def test_candidate_format_and_confidence():
-  tok = data.ByteTokenizer()
+  tok = tokenizers.ByteTokenizer()
   eos = [tok.eos_id]
 
   def score(text, end, digits, layout, probs):
     tokens = np.concatenate([tok.encode(text), end]).astype(np.int32)
-    return scoring.candidate(tokens, np.log(np.asarray(probs)), digits, layout, tok)
+    return addition.candidate(tokens, np.log(np.asarray(probs)), digits, layout, tok)
 
-  plain = data.Layout()
+  plain = seq.SequenceFormat()
   c = score('201', eos, 2, plain, [0.5, 1.0, 0.9, 0.6])
   assert c['answer'] == '201' and c['format'] == 1.0
   assert c['confidence_mean'] == pytest.approx(0.75) and c['confidence_min'] == pytest.approx(0.5)
   assert score('2010', eos, 2, plain, [1] * 5)['format'] == 0.0  # Too long.
   assert score('20', eos, 2, plain, [1] * 3)['format'] == 0.0  # A leading zero (reversed).
   assert score('201', [], 2, plain, [1] * 3)['format'] == 0.0  # Never ended.
-  aligned = data.layout_of(_aligned_data())
+  aligned = _aligned_format()
   c = score('2010', [], 3, aligned, [0.9, 0.8, 1.0, 0.7, 0.1])  # Cut at 4; the 5th is unused.
   assert c['answer'] == '2010' and c['format'] == 1.0
   assert c['confidence_min'] == pytest.approx(0.7)
@@ -313,4 +319,4 @@ def test_round_zero_can_start_from_a_train_run(uninterrupted, data_dir, tmp_path
   os.remove(os.path.join(tmp_path, 'rounds', 'r01', 'report.json'))
   again = selftrain.run_selftrain(c, str(tmp_path))
   assert strip_times(again) == strip_times(got)
-  assert modes.checkpoint_dir(str(tmp_path)) == os.path.join(tmp_path, 'rounds', 'r01')
+  assert selftrain.model_dir(str(tmp_path)) == os.path.join(tmp_path, 'rounds', 'r01')

@@ -4,19 +4,22 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import tiny
-from selffb import data
 from selffb import sharding
-from selffb import train
-from selffb import validate
+from selffb.data import pipeline
+from selffb.tasks import seq
+from selffb.train import checks
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+from selffb.train import step as step_lib
 
 
 @pytest.fixture(scope='module')
 def batches(tmp_path_factory):
   c = tiny.get_config()
   c.data.data_dir = str(tmp_path_factory.mktemp('data'))
-  s = train.setup(c, '')
-  it = data.make_iterator(data.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
-  return c.data.data_dir, [{k: v for k, v in next(it).items() if k in train.TRAIN_KEYS}
+  s = setup_lib.setup(c, '')
+  it = pipeline.make_iterator(seq.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
+  return c.data.data_dir, [{k: v for k, v in next(it).items() if k in seq.BATCH_KEYS}
                            for _ in range(3)]
 
 
@@ -26,9 +29,9 @@ def run_steps(data_dir, batches, devices, mesh=(1, 1, 1), accum=1, bias=False):
   c.model.use_bias = bias
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
   c.train.grad_accum_steps = accum
-  s = train.setup(c, '', devices)
-  state, state_sh = train.init_state(s, jax.random.key(0))
-  p_train, _ = train.compile_steps(s, state_sh)
+  s = setup_lib.setup(c, '', devices)
+  state, state_sh = state_lib.init_state(s, jax.random.key(0))
+  p_train, _ = step_lib.compile_steps(s, state_sh)
   losses = []
   for b in batches:
     state, m = p_train(state, sharding.put_batch(s.mesh, b), jax.random.key(1))
@@ -84,13 +87,13 @@ def test_rules_that_do_not_fit_the_model_are_errors():
   c.mesh.data, c.mesh.tensor = 1, 8  # 4 heads cannot split 8 ways.
   c.mesh.rules.vocab = 'fsdp'
   c.mesh.rules.experts = 'data'
-  with pytest.raises(validate.ConfigError) as e:
-    validate.check_config(c, num_devices=8)
+  with pytest.raises(checks.ConfigError) as e:
+    checks.check_config(c, num_devices=8)
   assert 'rules.heads' in str(e.value) and 'rules.experts' in str(e.value)
   assert 'rules.vocab' not in str(e.value)  # fsdp is 1 here: nothing to split.
   c.train.grad_accum_steps = 3
-  with pytest.raises(validate.ConfigError, match='times grad_accum_steps=3'):
-    validate.check_config(c, num_devices=8)
+  with pytest.raises(checks.ConfigError, match='times grad_accum_steps=3'):
+    checks.check_config(c, num_devices=8)
 
 
 def test_scanned_layers_are_sharded_like_unrolled_ones(batches):
@@ -98,8 +101,8 @@ def test_scanned_layers_are_sharded_like_unrolled_ones(batches):
   c.data.data_dir = batches[0]
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
   c.model.scan_layers = True
-  s = train.setup(c, '')
-  state, _ = train.init_state(s, jax.random.key(0))
+  s = setup_lib.setup(c, '')
+  state, _ = state_lib.init_state(s, jax.random.key(0))
   up = state.params['blocks']['mlp']['up']['kernel']  # (layers 2, embed 32, mlp 64)
   assert up.sharding.spec == P(None, 'fsdp', 'tensor')
   assert up.addressable_shards[0].data.shape == (2, 16, 32)
@@ -111,9 +114,9 @@ def test_bfloat16_compute_keeps_float32_state(batches):
   c.data.data_dir = data_dir
   c.model.dtype = 'bfloat16'
   c.mesh.data = 1
-  s = train.setup(c, '', jax.devices()[:1])
-  state, state_sh = train.init_state(s, jax.random.key(0))
-  p_train, _ = train.compile_steps(s, state_sh)
+  s = setup_lib.setup(c, '', jax.devices()[:1])
+  state, state_sh = state_lib.init_state(s, jax.random.key(0))
+  p_train, _ = step_lib.compile_steps(s, state_sh)
   for b in bs:
     state, m = p_train(state, sharding.put_batch(s.mesh, b), jax.random.key(1))
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))

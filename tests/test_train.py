@@ -11,11 +11,16 @@ import pytest
 
 from configs import tiny
 from selffb import checkpoint
-from selffb import data
-from selffb import evaluation
-from selffb import modes
 from selffb import sharding
-from selffb import train
+from selffb.data import pipeline
+from selffb.evaluators import teacher_forced
+from selffb.modes import evaluate as evaluate_mode
+from selffb.modes import sample as sample_mode
+from selffb.modes import train as train_mode
+from selffb.tasks import seq
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+from selffb.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,16 +39,16 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def first_batch(data_dir):
-  s = train.setup(tiny_config(data_dir), '')
-  it = data.make_iterator(data.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
-  return {k: v for k, v in next(it).items() if k in train.TRAIN_KEYS}
+  s = setup_lib.setup(tiny_config(data_dir), '')
+  it = pipeline.make_iterator(seq.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
+  return {k: v for k, v in next(it).items() if k in seq.BATCH_KEYS}
 
 
 def one_step(config, batch, devices):
   config.mesh.data = len(devices)
-  s = train.setup(config, '', devices)
-  state, state_sh = train.init_state(s, jax.random.key(0))
-  p_train, _ = train.compile_steps(s, state_sh)
+  s = setup_lib.setup(config, '', devices)
+  state, state_sh = state_lib.init_state(s, jax.random.key(0))
+  p_train, _ = step_lib.compile_steps(s, state_sh)
   state, metrics = p_train(state, sharding.put_batch(s.mesh, batch), jax.random.key(1))
   return jax.device_get(state), jax.device_get(metrics)
 
@@ -70,13 +75,13 @@ def test_bad_mesh_is_reported_before_training(data_dir, tmp_path):
   c = tiny_config(data_dir)
   c.mesh.data = 3
   with pytest.raises(ValueError, match=r'config.mesh .* needs 3 devices but 8 are present'):
-    train.setup(c, str(tmp_path))
+    setup_lib.setup(c, str(tmp_path))
   with pytest.raises(ValueError, match=r'config.mesh .* needs 3 devices but 8 are present'):
-    train.train_and_evaluate(c, str(tmp_path / 'run'))
+    train_mode.train_and_evaluate(c, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()  # Nothing written for a config that cannot run.
   c.mesh.data, c.data.batch_size = -1, 12
   with pytest.raises(ValueError, match='batch_size=12 is not divisible by the 8'):
-    train.setup(c, str(tmp_path))
+    setup_lib.setup(c, str(tmp_path))
 
 
 @pytest.fixture(scope='module')
@@ -86,7 +91,7 @@ def trained(tmp_path_factory, data_dir):
   c = tiny_config(data_dir, num_steps=150, checkpoint_every=75, eval_every=75, log_every=25)
   c.data.addition.update(max_digits=2, test_digits=(1, 2, 3))
   c.optim.lr = 1e-2
-  summary = train.train_and_evaluate(c, workdir)
+  summary = train_mode.train_and_evaluate(c, workdir)
   return c, workdir, summary
 
 
@@ -107,7 +112,7 @@ def test_resume_equals_uninterrupted(trained, tmp_path):
   resumed = str(tmp_path / 'resumed')
   shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns('150'))
   assert sorted(os.listdir(os.path.join(resumed, 'checkpoints'))) == ['75']
-  summary = train.train_and_evaluate(c, resumed)
+  summary = train_mode.train_and_evaluate(c, resumed)
   assert summary['steps'] == 150
   load = lambda d: checkpoint.restore(checkpoint.make_manager(d, 2), None, None)
   _, want, want_best, want_data, want_loop = load(workdir)
@@ -119,19 +124,20 @@ def test_resume_equals_uninterrupted(trained, tmp_path):
 
 def test_teacher_forced_exact_equals_greedy(trained, data_dir):
   c, workdir, summary = trained
-  s = train.setup(c, workdir)
-  _, state_sh = train.init_state(s, jax.random.key(0))
-  _, p_eval = train.compile_steps(s, state_sh)
+  s = setup_lib.setup(c, workdir)
+  _, state_sh = state_lib.init_state(s, jax.random.key(0))
+  _, p_eval = step_lib.compile_steps(s, state_sh)
   _, _, best, _, _ = checkpoint.restore(checkpoint.make_manager(workdir, 2), None, None)
   for n, greedy in summary['exact_match'].items():
-    batches = data.eval_batches(s.splits[f'test_{n}'], s.tokenizer, 32)
-    assert evaluation.evaluate(p_eval, best, batches, s.mesh)['exact'] == pytest.approx(greedy)
+    batches = seq.eval_batches(s.splits[f'test_{n}'], s.tokenizer, 32)
+    got = teacher_forced.evaluate(p_eval, best, batches, s.mesh, seq.EVAL_KEYS)['exact']
+    assert got == pytest.approx(greedy)
   assert any(v > 0 for v in summary['exact_match'].values())
 
 
 def test_eval_mode_reports_the_checkpoint(trained):
   c, workdir, summary = trained
-  result = modes.evaluate_checkpoint(c, workdir)
+  result = evaluate_mode.evaluate_checkpoint(c, workdir)
   assert result['step'] == 150 and result['exact_match'] == summary['exact_match']
 
 
@@ -152,7 +158,7 @@ def test_early_stopping_keeps_the_best_parameters(data_dir, tmp_path):
   # With a zero learning rate validation never improves after the first evaluation.
   c = tiny_config(data_dir, num_steps=100, eval_every=10, patience=1)
   c.optim.update(lr=0.0, schedule='constant')
-  summary = train.train_and_evaluate(c, str(tmp_path))
+  summary = train_mode.train_and_evaluate(c, str(tmp_path))
   assert summary['early_stopped'] and summary['steps'] == 20 and summary['best_step'] == 10
   step, *_ = checkpoint.restore(checkpoint.make_manager(str(tmp_path), 2), None, None)
   assert step == 20
@@ -163,25 +169,25 @@ def test_trains_on_local_text_files(tmp_path):
   c = tiny_config(str(tmp_path / 'data'), num_steps=10)
   c.data.update(task='text', seq_len=24)
   c.data.text.paths = str(tmp_path / '*.txt')
-  summary = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  summary = train_mode.train_and_evaluate(c, str(tmp_path / 'run'))
   assert summary['steps'] == 10 and summary['exact_match'] == {}
   assert summary['best_val_ce'] < 5.5  # Below uniform over bytes (log 259 = 5.56).
 
 
 def test_sample_mode_continues_prompts_from_the_checkpoint(trained, tmp_path):
   c, workdir, summary = trained
-  samples = modes.sample_checkpoint(c, workdir, ['1+2=', '4+3='])
+  samples = sample_mode.sample_checkpoint(c, workdir, ['1+2=', '4+3='])
   assert [s['prompt'] for s in samples] == ['1+2=', '4+3=']
   assert all(s['tokens'] <= c.sample.max_new_tokens and s['mean_logprob'] <= 0 for s in samples)
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'samples.jsonl'))]
   assert rows[-1]['step'] == 150 and rows[-1]['completion'] == samples[-1]['completion']
   # Sample mode (greedy) and the training report agree on every held-out prompt.
-  records = list(data.read_all(train.setup(c, workdir).splits['test_1']))
-  samples = modes.sample_checkpoint(c, workdir, [r['prompt'].decode() for r in records])
+  records = list(pipeline.read_all(setup_lib.setup(c, workdir).splits['test_1']))
+  samples = sample_mode.sample_checkpoint(c, workdir, [r['prompt'].decode() for r in records])
   right = [s['ended'] and s['completion'] == r['answer'].decode()
            for s, r in zip(samples, records)]
   assert np.mean(right) == pytest.approx(summary['exact_match']['1'])
   with pytest.raises(ValueError, match='no prompts'):
-    modes.sample_checkpoint(c, workdir, [])
+    sample_mode.sample_checkpoint(c, workdir, [])
   with pytest.raises(FileNotFoundError, match='train first'):
-    modes.sample_checkpoint(c, str(tmp_path), ['1+2='])
+    sample_mode.sample_checkpoint(c, str(tmp_path), ['1+2='])

@@ -5,10 +5,13 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from selffb import data
 from selffb import sharding
-from selffb import train
-from selffb import xla_flags
+from selffb.cpu import xla_flags
+from selffb.data import pipeline
+from selffb.tasks import seq
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+from selffb.train import step as step_lib
 
 ONEDNN = {'xla_cpu_use_onednn': True,
           'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT',
@@ -35,12 +38,12 @@ def three_steps(data_dir, onednn):
   c = tiny.get_config()
   c.data.data_dir = data_dir
   c.train.xla_cpu_onednn = onednn
-  s = train.setup(c, '', jax.devices()[:1])
-  it = data.make_iterator(data.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
+  s = setup_lib.setup(c, '', jax.devices()[:1])
+  it = pipeline.make_iterator(seq.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
   batch = sharding.put_batch(
-      s.mesh, {k: v for k, v in next(it).items() if k in train.TRAIN_KEYS})
-  state, state_sh = train.init_state(s, jax.random.key(0))
-  p_train, p_eval = train.compile_steps(s, state_sh)
+      s.mesh, {k: v for k, v in next(it).items() if k in seq.BATCH_KEYS})
+  state, state_sh = state_lib.init_state(s, jax.random.key(0))
+  p_train, p_eval = step_lib.compile_steps(s, state_sh)
   eval_batch = dict(batch, valid=np.ones(batch['inputs'].shape[0], np.float32))
   hlo = (p_train.lower(state, batch, jax.random.key(1)).compile().as_text() +
          p_eval.lower(state.params, eval_batch).compile().as_text())

@@ -1,30 +1,21 @@
 """Scoring and selecting self-training candidates: pure functions of candidate lists.
 
 A candidate is a dict with its answer and one score per source in SOURCES; Q = sum_i w_i f_i
-over the normalised weights; each prompt keeps its best candidate if Q clears the threshold.
+over the normalised weights (`signals.fuse`, as for the loss's F); each prompt keeps its best
+candidate if Q clears the threshold.
 """
 import importlib
 import json
 import math
 
-import numpy as np
-
-from selffb import data
+from selffb.feedback import signals
 
 SOURCES = ('confidence_mean', 'confidence_min', 'vote', 'format', 'verifier', 'rating')
 
 
 def normalize_weights(weights):
-  """{source: w} -> the non-zero weights scaled to sum to 1; names and signs checked."""
-  unknown = sorted(set(weights) - set(SOURCES))
-  if unknown:
-    raise ValueError(f'config.selftrain.weights: unknown source(s) {unknown}; known: {SOURCES}.')
-  if any(w < 0 for w in weights.values()):
-    raise ValueError(f'config.selftrain.weights={weights} must be >= 0.')
-  total = sum(weights.values())
-  if total <= 0:
-    raise ValueError('config.selftrain.weights are all 0; give at least one source a weight.')
-  return {k: w / total for k, w in weights.items() if w}
+  """config.selftrain.weights checked and scaled to sum to 1 (zero weights dropped)."""
+  return signals.normalize_weights(weights, SOURCES, 'config.selftrain.weights')
 
 
 def vote_shares(answers):
@@ -33,11 +24,6 @@ def vote_shares(answers):
   for a in answers:
     counts[a] = counts.get(a, 0) + 1
   return [counts[a] / len(answers) for a in answers]
-
-
-def fuse(scores, weights):
-  """Q = sum_i w_i f_i over the normalised weights; `scores` maps every weighted source."""
-  return sum(w * scores[k] for k, w in weights.items())
 
 
 def select(groups, theta, top_fraction=1.0):
@@ -60,19 +46,18 @@ def label_precision(kept):
 
 # ---- Verifiers and ratings. ----
 
-def resolve_verifier(name, layout):
-  """'addition' (exact check of the built-in task), '' (none), or 'module:function' taking
-  (prompt, answer) strings and returning a bool."""
-  if name == 'addition':
-    aligned = layout.positions == 'aligned'
-    return lambda prompt, answer: answer == data.addition_answer(prompt, aligned)
+def resolve_verifier(name, task_verifier):
+  """'task' (the task's own exact verifier, `task_verifier`), '' (none), or 'module:function'
+  taking (prompt, answer) strings and returning a bool."""
+  if name == 'task':
+    return task_verifier
   if not name:
     return None
   module, _, fn = name.partition(':')
   try:
     return getattr(importlib.import_module(module), fn)
   except (ImportError, AttributeError, ValueError) as e:
-    raise ValueError(f"config.selftrain.verifier={name!r} cannot be loaded ({e}); use 'addition' "
+    raise ValueError(f"config.selftrain.verifier={name!r} cannot be loaded ({e}); use 'task' "
                      "or 'package.module:function'.") from None
 
 
@@ -96,21 +81,3 @@ def load_ratings(path):
                          '"answer": str, "rating": number in [0, 1]}.') from None
       ratings[(r['prompt'], r['answer'])] = rating
   return ratings
-
-
-def candidate(tokens, logprobs, digits, layout, tok):
-  """A sampled continuation -> its answer text and the sources read off the sample itself."""
-  answer_len = digits + 1
-  if not layout.eos:  # Fixed-length answers: the model stops by length.
-    tokens, logprobs = tokens[:answer_len], logprobs[:answer_len]
-  answer = tok.decode(tokens)
-  probs = np.exp(logprobs)
-  if layout.eos:  # Ended with eos; n or n + 1 digits, no leading (reversed: trailing) zero.
-    ended = len(tokens) > 0 and tokens[-1] == tok.eos_id
-    right_form = ended and len(answer) in (digits, answer_len) and (
-        answer == '0' or answer[-1] != '0')
-  else:
-    right_form = len(answer) == answer_len
-  return {'answer': answer, 'confidence_mean': float(probs.mean()),
-          'confidence_min': float(probs.min()),
-          'format': float(bool(right_form) and answer.isdigit() and answer.isascii())}

@@ -1,121 +1,111 @@
-"""The whole config checked before any data is written or any step compiled; every problem is
-reported at once. Also the check that a checkpoint can be resumed under the current config."""
+"""Every config check, run before any data is written or any step compiled, with every problem
+reported at once; and the check that a checkpoint can be resumed under the current config.
+
+Model- and task-specific checks come from the registries (`Config.from_config` of the model
+kind, `config_problems` of the task).
+"""
 import os
 
 import jax
 import ml_collections
 
-from selffb import data
-from selffb import feedback
-from selffb import model as model_lib
+from selffb import evaluators
+from selffb import models
 from selffb import optim
 from selffb import sampling
-from selffb import scoring
 from selffb import sharding
+from selffb import tasks
+from selffb.data import tokenizers
+from selffb.feedback import losses
+from selffb.feedback import scoring
 
 
 class ConfigError(ValueError):
   pass
 
 
-def problems(config, num_devices):
-  """Every problem of `config` for `num_devices` devices, as messages naming the key to fix."""
+def _collector():
   found = []
 
   def check(fn):
     try:
-      fn()
+      return fn()
     except (ValueError, KeyError, TypeError) as e:
       found.append(str(e).strip('"\''))
+      return None
 
   def need(ok, message):
     if not ok:
       found.append(message)
 
-  check(lambda: model_lib.ModelConfig.from_config(config.model))
-  check(lambda: feedback.check_loss_name(config.feedback.loss))
-  check(lambda: feedback.validate_weights(config.feedback.weights.to_dict()))
+  return found, check, need
+
+
+def problems(config, num_devices):
+  """Every problem of `config` for `num_devices` devices, as messages naming the key to fix."""
+  found, check, need = _collector()
+  tokenizer = check(lambda: tokenizers.get(config.data.tokenizer))
+  model = check(lambda: models.get(config.model.kind))
+  model_cfg = None
+  if model is not None and tokenizer is not None:
+    model_cfg = check(lambda: model.Config.from_config(config.model, tokenizer.vocab_size))
+  check(lambda: losses.check_loss_name(config.feedback.loss))
+  check(lambda: losses.validate_weights(config.feedback.weights.to_dict()))
   need(config.feedback.gamma >= 0, f'config.feedback.gamma={config.feedback.gamma} must be >= 0.')
   check(lambda: optim.make_optimizer(config.optim, config.train.num_steps))
   check(lambda: sampling.SamplingParams.from_config(config.sample))
-  t = config.train
-  for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'max_checkpoints',
-              'max_nonfinite_steps'):
-    need(t[key] >= 1, f'config.train.{key}={t[key]} must be >= 1.')
-  need(t.patience >= 0, f'config.train.patience={t.patience} must be >= 0 (0 disables).')
-
+  found.extend(_train_problems(config.train))
   d, m = config.data, config.model
   need(d.batch_size >= 1 and d.eval_batch_size >= 1,
        'config.data.batch_size and eval_batch_size must be >= 1.')
   need(d.seq_len >= 0, f'config.data.seq_len={d.seq_len} must be >= 0 (0: longest example).')
   need(d.seq_len <= m.max_len, f'config.data.seq_len={d.seq_len} exceeds config.model.max_len='
        f'{m.max_len}.')
+  found.extend(_mesh_problems(config, num_devices, model, model_cfg))
+  task = check(lambda: tasks.get(d.task))
+  if task is not None:
+    found.extend(task.config_problems(config))
+  found.extend(selftrain_problems(config.selftrain))
+  found.extend(evaluators.problems(config.evals))
+  return found
+
+
+def _train_problems(t):
+  found, _, need = _collector()
+  for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'max_checkpoints',
+              'max_nonfinite_steps'):
+    need(t[key] >= 1, f'config.train.{key}={t[key]} must be >= 1.')
+  need(t.patience >= 0, f'config.train.patience={t.patience} must be >= 0 (0 disables).')
+  return found
+
+
+def _mesh_problems(config, num_devices, model, model_cfg):
+  """The mesh against the devices, the batch against its shards, the rules against the model."""
+  found, _, need = _collector()
   try:
     shape = dict(zip(sharding.AXES, sharding.mesh_shape(config.mesh, num_devices)))
-    shards = shape['data'] * shape['fsdp']
-    accum = config.train.grad_accum_steps
-    need(accum >= 1, f'config.train.grad_accum_steps={accum} must be >= 1.')
-    need(accum >= 1 and d.batch_size % (shards * max(accum, 1)) == 0,
-         f'config.data.batch_size={d.batch_size} is not divisible by the {shards} batch shards '
-         f'of config.mesh {shape} times grad_accum_steps={accum}.')
-    sizes = {'embed': m.d_model, 'heads': m.num_heads, 'mlp': m.mlp_dim,
-             'head_dim': m.d_model // max(m.num_heads, 1), 'vocab': m.vocab_size,
-             'layers': m.num_layers}
-    for name, axis in config.mesh.rules.items():
-      if name not in sizes or (axis and axis not in sharding.AXES):
-        found.append(f'config.mesh.rules.{name}={axis!r}: logical axes are {tuple(sizes)}, '
-                     f"mesh axes {sharding.AXES} (or '' to replicate).")
-      elif axis and sizes[name] % shape[axis]:
-        found.append(f'config.mesh.rules.{name}={axis!r}: {name} has {sizes[name]} entries, not '
-                     f'divisible by mesh axis {axis}={shape[axis]}; change the rule or the size.')
   except ValueError as e:
-    found.append(str(e))
-  if d.task == 'addition':
-    a = d.addition
-    need(1 <= a.min_digits <= a.max_digits, f'config.data.addition digits range '
-         f'[{a.min_digits}, {a.max_digits}] is empty or starts below 1.')
-    need(a.max_digits <= 18, f'config.data.addition.max_digits={a.max_digits}: training operands '
-         'are drawn as int64, so at most 18 digits (test lengths and rounds may go further).')
-    need(min(a.num_train, a.num_validation, a.num_test) >= 1,
-         'config.data.addition.num_train, num_validation and num_test must be >= 1.')
-    need(len(a.test_digits) > 0 and min(a.test_digits) >= 1,
-         f'config.data.addition.test_digits={a.test_digits} needs lengths >= 1.')
-    need(a.format in ('plain', 'aligned'),
-         f"config.data.addition.format={a.format!r}; choose 'plain' or 'aligned'.")
-    need(a.position_shift >= 0,
-         f'config.data.addition.position_shift={a.position_shift} must be >= 0.')
-    if m.positions == 'learned' and len(a.test_digits):
-      n = max(a.test_digits)  # bos a + b = answer eos: 3n + 5 positions.
-      need(3 * n + 5 <= m.max_len, f'{n}-digit test problems need {3 * n + 5} positions but '
-           f'config.model.max_len={m.max_len} (learned positions); raise it.')
-  elif d.task == 'text':
-    check(lambda: data.text_files(d.text.paths))
-    need(d.seq_len >= 2, "config.data.task='text' needs config.data.seq_len >= 2.")
-    need(0 < d.text.validation_fraction < 1,
-         f'config.data.text.validation_fraction={d.text.validation_fraction} must be in (0, 1).')
-  else:
-    found.append(f"config.data.task={d.task!r}; choose 'addition' or 'text'.")
-  found.extend(selftrain_problems(config.selftrain))
-  st = config.selftrain
-  in_tests = d.task == 'addition' and st.target_digits in d.addition.test_digits
-  need(not st.target_digits or in_tests,
-       f'config.selftrain.target_digits={st.target_digits} is not among '
-       'config.data.addition.test_digits, so it could never be reached; add it there.')
+    return [str(e)]
+  shards, accum = shape['data'] * shape['fsdp'], config.train.grad_accum_steps
+  need(accum >= 1, f'config.train.grad_accum_steps={accum} must be >= 1.')
+  need(accum >= 1 and config.data.batch_size % (shards * max(accum, 1)) == 0,
+       f'config.data.batch_size={config.data.batch_size} is not divisible by the {shards} batch '
+       f'shards of config.mesh {shape} times grad_accum_steps={accum}.')
+  sizes = model.logical_sizes(model_cfg) if model_cfg is not None else {}
+  for name, axis in config.mesh.rules.items():
+    if (model_cfg is not None and name not in sizes) or (axis and axis not in sharding.AXES):
+      found.append(f'config.mesh.rules.{name}={axis!r}: logical axes are {tuple(sizes)}, '
+                   f"mesh axes {sharding.AXES} (or '' to replicate).")
+    elif axis and name in sizes and sizes[name] % shape[axis]:
+      found.append(f'config.mesh.rules.{name}={axis!r}: {name} has {sizes[name]} entries, not '
+                   f'divisible by mesh axis {axis}={shape[axis]}; change the rule or the size.')
   return found
 
 
 def selftrain_problems(st):
   """Problems of config.selftrain (read by --mode=selftrain only, checked always)."""
-  found = []
-
-  def need(ok, message):
-    if not ok:
-      found.append(message)
-
-  try:
-    scoring.normalize_weights(st.weights.to_dict())
-  except ValueError as e:
-    found.append(str(e))
+  found, check, need = _collector()
+  check(lambda: scoring.normalize_weights(st.weights.to_dict()))
   for key in ('prompts_per_round', 'samples_per_prompt', 'steps_per_round', 'val_per_length'):
     need(st[key] >= 1, f'config.selftrain.{key}={st[key]} must be >= 1.')
   for key in ('rounds', 'start_digits', 'warmup_steps', 'max_self_examples', 'patience',

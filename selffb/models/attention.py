@@ -1,0 +1,154 @@
+"""Attention: causal self-attention over a sequence (blocked, with a hand-written backward pass)
+and over an explicit KV cache for decoding.
+
+Every token carries an integer position id; id -1 marks padding, never attended to. Causality
+follows the sequence (the cache slot), not the ids, so ids may restart, e.g. per operand: a
+query in slot i sees the non-padding keys in slots <= i.
+"""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from selffb.models import layers
+
+_NEG_INF = -1e30  # Finite, so a fully masked row (a padding query) stays NaN-free.
+
+
+def _mask(valid_BxS, q_slot_T):
+  """[B, 1, T, S]: the query in slot q_slot_T[t] sees the valid keys in slots up to its own."""
+  causal_TxS = jnp.arange(valid_BxS.shape[1])[None, :] <= q_slot_T[:, None]
+  return (causal_TxS[None] & valid_BxS[:, None, :])[:, None]
+
+
+def _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS):
+  """Softmax attention, normalised after the value product: dividing the [T, D] output by the
+  row sums, not the [T, S] weights, saves a pass over the scores. Returns the output and, for
+  the backward pass, the unnormalised float32 weights and their row sums."""
+  scores_BxHxTxS = jnp.einsum('bhtd,bhsd->bhts', q_BxHxTxD, k_BxHxSxD,
+                              preferred_element_type=jnp.float32) / jnp.sqrt(q_BxHxTxD.shape[-1])
+  scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, _NEG_INF)
+  # The max only keeps exp in range; the result does not depend on it.
+  top_BxHxTx1 = jax.lax.stop_gradient(scores_BxHxTxS.max(axis=-1, keepdims=True))
+  weights_BxHxTxS = jnp.exp(scores_BxHxTxS - top_BxHxTx1)
+  sums_BxHxTx1 = weights_BxHxTxS.sum(axis=-1, keepdims=True)
+  out_BxHxTxD = jnp.einsum('bhts,bhsd->bhtd', weights_BxHxTxS.astype(v_BxHxSxD.dtype), v_BxHxSxD,
+                           preferred_element_type=jnp.float32)
+  return (out_BxHxTxD / sums_BxHxTx1).astype(q_BxHxTxD.dtype), weights_BxHxTxS, sums_BxHxTx1
+
+
+def _query_blocks(valid_BxT, block):
+  """(start, end, mask_Bx1xTxS) of each query block (block 0: one block); a block's queries see
+  keys 0..end-1."""
+  t = valid_BxT.shape[1]
+  bounds = [(i, min(i + (block or t), t)) for i in range(0, t, block or t)]
+  return [(start, end, _mask(valid_BxT[:, :end], jnp.arange(start, end))) for start, end in bounds]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def causal_attention(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block):
+  """Softmax attention of a sequence over itself (no cache): the query in slot t sees the keys in
+  slots <= t whose `valid_BxT` is True. Queries go in blocks of `block` (0: one block) that
+  skip the keys after them, so the score blocks above the diagonal are never computed.
+
+  The backward pass is written by hand from the saved weights, dS = P * (dP - rowsum(dO * O)),
+  with no pass back through the normalisation, the mask and the max, which makes the train step
+  faster on CPU (bench/README.md). It gives autodiff's gradients, padding queries included.
+  Forward-mode autodiff (jax.jvp, jacfwd) does not apply to it (`attention='dot_product'` allows
+  it); gradients of gradients do."""
+  return _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block)[0]
+
+
+def _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block):
+  """The output, and what the backward pass needs: the inputs, the output and each block's
+  unnormalised weights and row sums."""
+  outs, saved = [], []
+  for start, end, mask_Bx1xTxS in _query_blocks(valid_BxT, block):
+    out_BxHxTxD, weights_BxHxTxS, sums_BxHxTx1 = _attend(
+        q_BxHxTxD[:, :, start:end], k_BxHxTxD[:, :, :end], v_BxHxTxD[:, :, :end], mask_Bx1xTxS)
+    outs.append(out_BxHxTxD)
+    saved.append((weights_BxHxTxS, sums_BxHxTx1))
+  out_BxHxTxD = jnp.concatenate(outs, axis=2)
+  return out_BxHxTxD, (q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, out_BxHxTxD, saved)
+
+
+def _causal_attention_bwd(block, residuals, dout_BxHxTxD):
+  """dQ, dK, dV (and no cotangent for the boolean mask) block by block: with P = W / sums,
+  dP = dO V^T, dS = P * (dP - rowsum(dO * O)) / sqrt(D) on the visible keys (0 elsewhere),
+  dQ = dS K, dK = dS^T Q and dV = P^T dO."""
+  q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, out_BxHxTxD, saved = residuals
+  scale = q_BxHxTxD.shape[-1] ** -0.5
+  einsum_f32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+  rowdot_BxHxTx1 = jnp.sum(dout_BxHxTxD.astype(jnp.float32) * out_BxHxTxD.astype(jnp.float32),
+                           axis=-1, keepdims=True)
+  dqs = []
+  dk_BxHxTxD = jnp.zeros(k_BxHxTxD.shape, jnp.float32)
+  dv_BxHxTxD = jnp.zeros(v_BxHxTxD.shape, jnp.float32)
+  for (start, end, mask_Bx1xTxS), (weights_BxHxTxS, sums_BxHxTx1) in zip(
+      _query_blocks(valid_BxT, block), saved):
+    dblock_BxHxTxD = dout_BxHxTxD[:, :, start:end]
+    dprobs_BxHxTxS = einsum_f32('bhtd,bhsd->bhts', dblock_BxHxTxD, v_BxHxTxD[:, :, :end])
+    dscores_BxHxTxS = jnp.where(
+        mask_Bx1xTxS,
+        weights_BxHxTxS * ((dprobs_BxHxTxS - rowdot_BxHxTx1[:, :, start:end])
+                           * (scale / sums_BxHxTx1)), 0.0).astype(q_BxHxTxD.dtype)
+    dqs.append(einsum_f32('bhts,bhsd->bhtd', dscores_BxHxTxS, k_BxHxTxD[:, :, :end]))
+    dk_BxHxTxD = dk_BxHxTxD.at[:, :, :end].add(
+        einsum_f32('bhts,bhtd->bhsd', dscores_BxHxTxS, q_BxHxTxD[:, :, start:end]))
+    # P^T dO as W^T (dO / sums): the division on [T, D], not on the [T, S] weights. Summed into
+    # dK and dV with .at[].add, which ran faster in the step than padding or concatenating.
+    dv_BxHxTxD = dv_BxHxTxD.at[:, :, :end].add(einsum_f32(
+        'bhts,bhtd->bhsd', weights_BxHxTxS.astype(v_BxHxTxD.dtype),
+        (dblock_BxHxTxD / sums_BxHxTx1).astype(v_BxHxTxD.dtype)))
+  dq_BxHxTxD = jnp.concatenate(dqs, axis=2)
+  return (dq_BxHxTxD.astype(q_BxHxTxD.dtype), dk_BxHxTxD.astype(k_BxHxTxD.dtype),
+          dv_BxHxTxD.astype(v_BxHxTxD.dtype), None)
+
+
+causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention; with `layer_cache` it writes its keys and values at
+  `index` and attends over the cache."""
+  cfg: object
+
+  @nn.compact
+  def __call__(self, x_BxTxE, pos_BxT, kv_pos_BxS, layer_cache, index):
+    cfg = self.cfg
+    heads = (cfg.num_heads, cfg.head_dim)
+    q_BxTxHxD = layers.dense(cfg, heads, ('embed', 'heads', 'head_dim'), 'query')(x_BxTxE)
+    k_BxTxHxD = layers.dense(cfg, heads, ('embed', 'heads', 'head_dim'), 'key')(x_BxTxE)
+    v_BxTxHxD = layers.dense(cfg, heads, ('embed', 'heads', 'head_dim'), 'value')(x_BxTxE)
+    if cfg.positions == 'rope':
+      q_BxTxHxD = layers.rope(q_BxTxHxD, pos_BxT, cfg.rope_base)
+      k_BxTxHxD = layers.rope(k_BxTxHxD, pos_BxT, cfg.rope_base)
+    # Heads-major from here on, so a decode step reads the cache without transposing it.
+    q_BxHxTxD, k_BxHxTxD, v_BxHxTxD = (jnp.swapaxes(x, 1, 2)
+                                       for x in (q_BxTxHxD, k_BxTxHxD, v_BxTxHxD))
+    if layer_cache is None:
+      k_BxHxSxD, v_BxHxSxD = k_BxHxTxD, v_BxHxTxD
+    else:
+      write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype),
+                                                            (0, 0, index, 0))
+      k_BxHxSxD = write(layer_cache['k'], k_BxHxTxD)
+      v_BxHxSxD = write(layer_cache['v'], v_BxHxTxD)
+      layer_cache = {'k': k_BxHxSxD, 'v': v_BxHxSxD}
+    if cfg.attention == 'einsum' and layer_cache is None:
+      out_BxHxTxD = causal_attention(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, kv_pos_BxS >= 0,
+                                     cfg.attention_block)
+      out_BxTxHxD = jnp.swapaxes(out_BxHxTxD, 1, 2)
+    else:
+      q_slot_T = jnp.arange(q_BxHxTxD.shape[2]) + (0 if index is None else index)
+      mask_Bx1xTxS = _mask(kv_pos_BxS >= 0, q_slot_T)
+      if cfg.attention == 'dot_product':  # jax.nn's: cuDNN flash attention where available.
+        out_BxTxHxD = jax.nn.dot_product_attention(
+            q_BxTxHxD, jnp.swapaxes(k_BxHxSxD, 1, 2), jnp.swapaxes(v_BxHxSxD, 1, 2),
+            mask=mask_Bx1xTxS)
+      else:
+        out_BxTxHxD = jnp.swapaxes(
+            _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS)[0], 1, 2)
+    out_BxTxE = layers.dense(cfg, cfg.d_model, ('heads', 'head_dim', 'embed'), 'out',
+                             in_axis=(-2, -1))(out_BxTxHxD)
+    return out_BxTxE, layer_cache

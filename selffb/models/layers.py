@@ -1,0 +1,82 @@
+"""Layers the model kinds share: projections, norms, rotary positions, remat policies.
+
+Shapes in names: B batch, T query length, S key length, H heads, D head dim, E d_model, M mlp
+dim, V vocab. Every parameter carries logical axis names that config.mesh.rules map to mesh axes.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+REMAT_POLICIES = {  # What the backward pass may keep instead of recomputing.
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def rope(x_BxTxHxD, pos_BxT, base):
+  """Rotary position embedding (rotate-half form)."""
+  half = x_BxTxHxD.shape[-1] // 2
+  freq_1x1xK = (base ** (-jnp.arange(half, dtype=jnp.float32) / half))[None, None]
+  angle_BxTx1xK = (pos_BxT[..., None].astype(jnp.float32) * freq_1x1xK)[:, :, None, :]
+  sin, cos = jnp.sin(angle_BxTx1xK), jnp.cos(angle_BxTx1xK)
+  x1, x2 = jnp.split(x_BxTxHxD.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxHxD.dtype)
+
+
+def on_rows(fn, x, n_in=1):
+  """fn applied to x with its leading (batch, time) dimensions merged into one, a free reshape.
+
+  A projection's weight gradient then contracts a single dimension, which XLA:CPU's dots read
+  in place; contracting two, XLA first copies one activation into a transposed layout."""
+  lead = x.shape[:x.ndim - n_in]
+  y = fn(x.reshape((-1,) + x.shape[x.ndim - n_in:]))
+  return y.reshape(lead + y.shape[1:])
+
+
+def dense(cfg, features, axes, name, in_axis=-1, bias=None):
+  """A projection, fan-in init (std 1/sqrt(fan_in)); a zero-init bias if cfg.use_bias; on rows."""
+  init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
+  n_in = 1 if isinstance(in_axis, int) else len(in_axis)
+  use_bias = cfg.use_bias if bias is None else bias
+  layer = nn.DenseGeneral(features, axis=in_axis, use_bias=use_bias, dtype=cfg.dtype,
+                          param_dtype=cfg.param_dtype, kernel_init=init, name=name,
+                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                 axes[n_in:]))
+  return lambda x: on_rows(layer, x, n_in)
+
+
+def norm(cfg, name):
+  """cfg.norm ('layernorm' or 'rmsnorm') over the embedding axis."""
+  scale = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
+  if cfg.norm == 'rmsnorm':
+    return nn.RMSNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scale_init=scale, name=name)
+  bias = nn.with_logical_partitioning(nn.initializers.zeros, ('embed',))
+  return nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scale_init=scale,
+                      bias_init=bias, name=name)
+
+
+def embed(cfg, num, axes, name):
+  """An embedding table with std 1/sqrt(d_model)."""
+  return nn.Embed(num, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+                  embedding_init=nn.with_logical_partitioning(
+                      nn.initializers.normal(cfg.d_model ** -0.5), axes))
+
+
+class Mlp(nn.Module):
+  """GELU or SwiGLU feed-forward: E -> M -> E."""
+  cfg: object
+
+  @nn.compact
+  def __call__(self, x_BxTxE):
+    cfg = self.cfg
+    if cfg.mlp == 'swiglu':
+      gate_BxTxM = dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'gate')(x_BxTxE)
+      up_BxTxM = dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_BxTxE)
+      h_BxTxM = nn.silu(gate_BxTxM) * up_BxTxM
+    else:
+      h_BxTxM = nn.gelu(dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_BxTxE))
+    return dense(cfg, cfg.d_model, ('mlp', 'embed'), 'down')(h_BxTxM)

@@ -1,0 +1,52 @@
+"""--mode=sample: continue prompts with a run's best parameters under config.sample."""
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from selffb import sampling
+from selffb import selftrain
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+
+
+def _complete(s, texts, outs):
+  """One row per prompt: the completion, cut at the task's answer length where it has one."""
+  tok, rows = s.tokenizer, []
+  for text, (tokens, logprobs) in zip(texts, outs):
+    n = s.fmt.answer_length(text)
+    if n is not None:  # Fixed-length answers: the model stops by length, not with eos.
+      tokens, logprobs = tokens[:n], logprobs[:n]
+    rows.append({'prompt': text, 'completion': tok.decode(tokens),
+                 'ended': n is not None or bool(tokens[-1] == tok.eos_id),
+                 'mean_logprob': float(np.mean(logprobs)), 'tokens': len(tokens)})
+  return rows
+
+
+def sample_checkpoint(config, workdir, texts):
+  """Continues each text with the latest checkpoint's best parameters; appends the samples to
+  workdir/samples.jsonl and returns them."""
+  s = setup_lib.setup(config, workdir, with_data=False)
+  sp = sampling.SamplingParams.from_config(config.sample)
+  if not texts:
+    raise ValueError('no prompts: pass --prompt="..." (repeatable) or --prompts_file=PATH.')
+  step, params, _ = state_lib.restore_best_params(s, selftrain.model_dir(workdir))
+  prompts = [s.tokenizer.encode_prompt(t) for t in texts]
+  outs = sampling.generate(params, prompts, model=s.model, cfg=s.model_cfg, sp=sp,
+                           eos_id=s.tokenizer.eos_id, pad_id=s.tokenizer.pad_id,
+                           seed=config.sample.seed, mesh=s.mesh,
+                           positions=[s.fmt.position_ids(p, s.tokenizer) for p in prompts])
+  samples = _complete(s, texts, outs)
+  logging.info('samples from step %d (%s, seed %d):\n%s', step, sp, config.sample.seed,
+               '\n'.join(f"{r['prompt']!r} -> {r['completion']!r}"
+                         f"{'' if r['ended'] else ' ...'} (mean logprob {r['mean_logprob']:.3f})"
+                         for r in samples))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'samples.jsonl'), 'a') as f:
+      for row in samples:
+        f.write(json.dumps({'step': step, **dataclasses.asdict(sp), 'seed': config.sample.seed,
+                            **row}) + '\n')
+  return samples

@@ -1,0 +1,41 @@
+"""--mode=train: train (resuming), then run config.evals on the best parameters and report."""
+import os
+
+import jax
+from absl import logging
+
+from selffb import evaluators
+from selffb import metrics as metrics_lib
+from selffb import runtime
+from selffb.train import loop
+from selffb.train import setup as setup_lib
+
+
+def train_and_evaluate(config, workdir):
+  """Trains in workdir (resuming from its latest checkpoint), evaluates, reports; returns the
+  summary. Process 0 holds a lock on workdir for the whole run (hosts share the workdir)."""
+  s = setup_lib.setup(config, workdir)  # Fails on a bad config before anything is written.
+  with runtime.locked(workdir), runtime.StopSignals() as signals:
+    summary, best_params = loop.train_loop(s, workdir, signals)
+    if 'stopped_by' in summary:
+      return summary
+    evals = evaluators.build(config.evals, s)
+    results = evaluators.run(evals, best_params)
+    summary.update(results)
+    writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                      keep_until=summary['steps'])
+    writer.write(summary['steps'], metrics_lib.flatten(results))
+    writer.close()
+    report(summary, {name: evals[name].describe(r) for name, r in results.items()})
+    runtime.write_json(os.path.join(workdir, 'summary.json'), summary)
+  return summary
+
+
+def report(summary, described):
+  """Logs the run's summary line and each evaluator's lines."""
+  lines = [f"done: {summary['steps']} steps in {loop.fmt_time(summary['wall_s'])} "
+           f"(compile {summary['compile_s'] or 0:.1f}s); best val CE "
+           f"{summary['best_val_ce']:.4f} at step {summary['best_step']}"]
+  for name, text in described.items():
+    lines.append(f'{name} (best parameters): {text}')
+  logging.info('\n'.join(lines))

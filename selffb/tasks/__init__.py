@@ -1,0 +1,16 @@
+"""Tasks by name (`config.data.task`). A task module exports its batch keys (BATCH_KEYS,
+EVAL_KEYS), `config_problems(config)`, `load_splits(config, data_dir)`, `batch_format(config)`,
+`train_dataset`, `eval_batches`, `example_length`, its loss `loss_fn(outputs, batch, denominator,
+*, fb)` and teacher-forced `eval_sums(outputs, batch)`, and, if SUPPORTS_SELFTRAIN, the
+self-training hooks documented in `addition.py` (docs/extending.md)."""
+from selffb.tasks import addition
+from selffb.tasks import lm
+
+TASKS = {'addition': addition, 'text': lm}
+
+
+def get(name):
+  """The task module for `config.data.task`."""
+  if name not in TASKS:
+    raise ValueError(f'config.data.task={name!r}; choose one of {tuple(TASKS)}.')
+  return TASKS[name]

@@ -1,0 +1,131 @@
+"""Prompt -> answer records as decoder batches, shared by the tasks that train a decoder LM.
+
+A record is `{'prompt': bytes, 'answer': bytes, 'digits': int}`; its sequence is bos + prompt +
+answer (+ eos if the format has one), shifted by one into inputs and targets, with the loss on
+the answer (and eos). Padding has position -1.
+"""
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from selffb.data import pipeline
+from selffb.feedback import losses
+from selffb.feedback import signals
+
+BATCH_KEYS = ('inputs', 'targets', 'positions', 'loss_mask') + signals.BATCH_SOURCES
+EVAL_KEYS = ('inputs', 'targets', 'positions', 'loss_mask', 'valid')
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceFormat:
+  """How a record becomes a token sequence: does the answer end with eos, how do position ids
+  run (0, 1, 2, ... here; a task may subclass), and how far may training shift them: one random
+  s in [0, shift] per sequence is added to every id above 0."""
+  eos: bool = True
+  shift: int = 0
+
+  def position_ids(self, tokens, tokenizer):
+    """Ids for a token sequence that starts with bos."""
+    del tokenizer
+    return np.arange(len(tokens), dtype=np.int32)
+
+  def answer_length(self, prompt):
+    """Tokens of the answer to `prompt` when answers have a known length (no eos), else None."""
+    del prompt
+    return None
+
+
+def encode_batch(records, tokenizer, seq_len, fmt=SequenceFormat(), shifts=None):
+  """Records -> {'inputs', 'targets', 'positions', 'loss_mask', 'digits'}, right-padded to seq_len.
+
+  `shifts` (one per record) offset the position ids above 0.
+  """
+  n = len(records)
+  inputs = np.full((n, seq_len), tokenizer.pad_id, np.int32)
+  targets = np.full((n, seq_len), tokenizer.pad_id, np.int32)
+  positions = np.full((n, seq_len), -1, np.int32)
+  mask = np.zeros((n, seq_len), np.float32)
+  for i, r in enumerate(records):
+    prompt, answer = tokenizer.encode(r['prompt']), tokenizer.encode(r['answer'])
+    tokens = np.concatenate([[tokenizer.bos_id], prompt, answer] +
+                            ([[tokenizer.eos_id]] if fmt.eos else [])).astype(np.int32)
+    if len(tokens) - 1 > seq_len:
+      raise ValueError(f'an example of {len(tokens) - 1} tokens exceeds seq_len={seq_len}; '
+                       'raise config.data.seq_len (0 fits the longest training example).')
+    ids = fmt.position_ids(tokens, tokenizer)[:-1]
+    if shifts is not None:
+      ids = np.where(ids > 0, ids + shifts[i], ids)
+    inputs[i, :len(tokens) - 1] = tokens[:-1]
+    targets[i, :len(tokens) - 1] = tokens[1:]
+    positions[i, :len(tokens) - 1] = ids
+    mask[i, len(prompt):len(tokens) - 1] = 1.0
+  digits = np.asarray([r['digits'] for r in records], np.int32)
+  return {'inputs': inputs, 'targets': targets, 'positions': positions, 'loss_mask': mask,
+          'digits': digits}
+
+
+def example_length(record):
+  """Tokens a record occupies in `inputs` (bos + prompt + answer; an eos is only a target)."""
+  return 1 + len(record['prompt']) + len(record['answer'])
+
+
+def longest(source):
+  """The longest example of a source, in input tokens."""
+  return max(example_length(r) for r in pipeline.read_all(source))
+
+
+def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
+                  process_count=1, fmt=SequenceFormat()):
+  """The training pipeline over `source`. Position shifts (if the format has them) are drawn per
+  global batch from (seed, batch index), so they are reproducible, resume exactly and agree
+  across hosts."""
+
+  def encode(records, index, rows):
+    shifts = None
+    if fmt.shift:
+      shifts = np.random.default_rng([seed, index]).integers(0, fmt.shift + 1, batch_size)[rows]
+    return encode_batch(records, tokenizer, seq_len, fmt, shifts)
+
+  return pipeline.train_dataset(source, encode, batch_size, seed, process_index, process_count)
+
+
+def eval_batches(source, tokenizer, batch_size, fmt=SequenceFormat()):
+  """A whole split as a list of batches, padded to the split's longest example. The last batch
+  is padded with copies of the first record, marked by `valid` = 0."""
+  records = list(pipeline.read_all(source))
+  length = max(example_length(r) for r in records)
+  batches = []
+  for start in range(0, len(records), batch_size):
+    chunk = records[start:start + batch_size]
+    valid = np.zeros(batch_size, np.float32)
+    valid[:len(chunk)] = 1.0
+    batch = encode_batch(pipeline.pad_rows(chunk, batch_size), tokenizer, length, fmt)
+    batch['valid'] = valid
+    batches.append(batch)
+  return batches
+
+
+def loss_fn(outputs, batch, denominator, *, fb):
+  """The feedback loss on the answer tokens; `fb` is a losses.FeedbackSpec."""
+  scores = {k: batch[k] for k in signals.BATCH_SOURCES if k in batch}
+  loss, aux = losses.feedback_loss(
+      outputs['logits'], batch['targets'], batch['loss_mask'], loss=fb.loss,
+      weights=dict(fb.weights), gamma=fb.gamma, batch_scores=scores, denominator=denominator)
+  return loss, {k: aux[k] for k in ('ce', 'accuracy', 'mean_f')}
+
+
+def eval_sums(outputs, batch):
+  """Sums over a batch's valid rows: CE, correct tokens, tokens, exact sequences, sequences.
+
+  A sequence is exact when every loss token is the argmax under teacher forcing, which is
+  exactly when greedy decoding reproduces the answer.
+  """
+  logits_BxTxV = outputs['logits']
+  mask_BxT = batch['loss_mask'] * batch['valid'][:, None]
+  ce_BxT = -signals.target_logprob(logits_BxTxV, batch['targets'])
+  correct_BxT = jnp.argmax(logits_BxTxV, -1) == batch['targets']
+  exact_B = jnp.all(correct_BxT | (batch['loss_mask'] == 0), axis=-1) * batch['valid']
+  return {'ce': jnp.sum(ce_BxT * mask_BxT), 'correct': jnp.sum(correct_BxT * mask_BxT),
+          'tokens': jnp.sum(mask_BxT), 'exact': jnp.sum(exact_B),
+          'sequences': jnp.sum(batch['valid'])}
