@@ -1,8 +1,17 @@
 """The self-training report: rounds.csv, rounds.md and accuracy.png, one row per round."""
 import csv
+import io
 import os
 
 import jax
+
+from selffb import runtime
+
+
+_LEGEND = ('Greedy exact match (%) on held-out test problems per operand length (1d, 2d, ...) '
+           'after each round; before/after: at the digits the round prompted. label_precision: '
+           'share of kept samples that are correct (exact check, whatever the filter). '
+           'candidate_accuracy: share of all sampled candidates that are correct.\n\n')
 
 
 def pct(x):
@@ -55,18 +64,12 @@ def write(workdir, rows):
   """rounds.csv, rounds.md and accuracy.png (test exact match against digits, a line a round)."""
   if jax.process_index() != 0 or not rows:
     return
-  cols = _columns(rows)
-  with open(os.path.join(workdir, 'rounds.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, cols, extrasaction='ignore')
-    writer.writeheader()
-    for flat in _flat_rows(rows):
-      writer.writerow(flat)
-  with open(os.path.join(workdir, 'rounds.md'), 'w') as f:
-    f.write('Greedy exact match (%) on held-out test problems per operand length (1d, 2d, ...) '
-            'after each round; before/after: at the digits the round prompted. label_precision: '
-            'share of kept samples that are correct (exact check, whatever the filter). '
-            'candidate_accuracy: share of all sampled candidates that are correct.\n\n')
-    f.write(markdown(rows) + '\n')
+  table = io.StringIO(newline='')
+  writer = csv.DictWriter(table, _columns(rows), extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(_flat_rows(rows))
+  runtime.write_text(os.path.join(workdir, 'rounds.csv'), table.getvalue())
+  runtime.write_text(os.path.join(workdir, 'rounds.md'), _LEGEND + markdown(rows) + '\n')
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

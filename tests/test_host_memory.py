@@ -39,6 +39,7 @@ def faulting_calls(arm, env=None):
 
 
 @pytest.mark.skipif(host_memory._glibc() is None, reason='the settings are glibc malloc options')
+@pytest.mark.slow
 def test_reuse_stops_page_faults_per_execution():
   # glibc's defaults give the temporary back to the kernel after every call.
   assert faulting_calls('default') >= CALLS - 2

@@ -32,13 +32,14 @@ def init(cfg, length=12, seed=0):
   return params, tokens
 
 
-VARIANTS = [
+SLOW = pytest.mark.slow
+VARIANTS = [  # The first two run in the quick loop.
     dict(),
     dict(positions='learned', norm='rmsnorm', mlp='swiglu', tie_embeddings=False),
-    dict(positions='none', remat='full'),
-    dict(attention='dot_product', remat='dots_no_batch'),
-    dict(attention_block=5),
-    dict(dtype='bfloat16', param_dtype='bfloat16'),
+    pytest.param(dict(positions='none', remat='full'), marks=SLOW),
+    pytest.param(dict(attention='dot_product', remat='dots_no_batch'), marks=SLOW),
+    pytest.param(dict(attention_block=5), marks=SLOW),
+    pytest.param(dict(dtype='bfloat16', param_dtype='bfloat16'), marks=SLOW),
 ]
 
 
@@ -69,8 +70,8 @@ def test_dropout_only_in_training_mode():
 
 
 @pytest.mark.parametrize('positions, pos_ids', [
-    ('rope', None), ('learned', None), ('none', None),
-    ('rope', [0, 1, 2, 0, 1, 2, 3, 1])])  # Ids that restart (per operand): still causal.
+    ('rope', None), pytest.param('learned', None, marks=SLOW),
+    pytest.param('none', None, marks=SLOW), ('rope', [0, 1, 2, 0, 1, 2, 3, 1])])  # Ids that restart (per operand): still causal.
 def test_causality_gradient(positions, pos_ids):
   """d logits[t] / d input embedding[s] is zero for s > t and nonzero for s <= t."""
   cfg = make_cfg(positions=positions)
@@ -94,6 +95,7 @@ def test_causality_gradient(positions, pos_ids):
   assert (per_position[:t + 1] > 0).all()
 
 
+@pytest.mark.slow
 def test_attention_implementations_and_remat_agree():
   """jax.nn's attention (differentiated by JAX) and remat give the einsum path's logits and
   gradients, whose attention backward is written by hand."""
@@ -111,9 +113,10 @@ def test_attention_implementations_and_remat_agree():
       np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize('overrides', [dict(attention_block=5),
-                                       dict(attention_block=4, scan_layers=True, remat='full'),
-                                       dict(dtype='bfloat16')])
+@pytest.mark.parametrize('overrides', [
+    dict(attention_block=5),
+    pytest.param(dict(attention_block=4, scan_layers=True, remat='full'), marks=SLOW),
+    pytest.param(dict(dtype='bfloat16'), marks=SLOW)])
 def test_model_gradients_equal_autodiff_attention(overrides, monkeypatch):
   """The model's gradients with the hand-written attention backward equal those with JAX
   differentiating the same attention, with left padding, in blocks, with scanned and
@@ -140,8 +143,9 @@ def test_model_gradients_equal_autodiff_attention(overrides, monkeypatch):
     assert 0 < error(got) <= 1.5 * error(want) < 0.1, (error(got), error(want))
 
 
-@pytest.mark.parametrize('block, dtype', [(0, jnp.float32), (4, jnp.float32),
-                                          (5, jnp.float32), (5, jnp.bfloat16)])
+@pytest.mark.parametrize('block, dtype', [
+    pytest.param(0, jnp.float32, marks=SLOW), pytest.param(4, jnp.float32, marks=SLOW),
+    (5, jnp.float32), (5, jnp.bfloat16)])
 def test_causal_attention_backward_equals_autodiff(block, dtype):
   """The hand-written backward of causal_attention gives JAX's gradients of the same forward,
   padding queries (a row with no valid key) and a short last block included."""
@@ -161,7 +165,7 @@ def test_causal_attention_backward_equals_autodiff(block, dtype):
                                rtol=tol, atol=tol, err_msg=f'd{name}')
 
 
-@pytest.mark.parametrize('block', [4, 5, 7])
+@pytest.mark.parametrize('block', [4, pytest.param(5, marks=SLOW), pytest.param(7, marks=SLOW)])
 def test_blocked_attention_equals_one_block(block):
   """Query blocks that skip the keys above the diagonal give the same logits and gradients as
   one block at every real position, with left padding (negative position ids) masked the same
@@ -205,7 +209,8 @@ def test_scanned_layers_equal_unrolled_layers():
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize('overrides', VARIANTS + [dict(scan_layers=True, remat='full')])
+@pytest.mark.parametrize('overrides', VARIANTS + [
+    pytest.param(dict(scan_layers=True, remat='full'), marks=SLOW)])
 def test_cached_decoding_equals_full_forward(overrides):
   """Prefill 5 tokens, then feed one token at a time: logits match the full pass."""
   cfg = make_cfg(**overrides)

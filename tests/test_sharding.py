@@ -44,8 +44,11 @@ def single(batches):
   return run_steps(*batches, jax.devices()[:1])
 
 
-@pytest.mark.parametrize('mesh', [(8, 1, 1), (1, 8, 1), (4, 1, 2), (2, 2, 2)],
-                         ids=['data8', 'fsdp8', 'data4xtensor2', 'data2xfsdp2xtensor2'])
+@pytest.mark.parametrize('mesh', [
+    pytest.param((8, 1, 1), id='data8', marks=pytest.mark.slow),
+    pytest.param((1, 8, 1), id='fsdp8', marks=pytest.mark.slow),
+    pytest.param((4, 1, 2), id='data4xtensor2', marks=pytest.mark.slow),
+    pytest.param((2, 2, 2), id='data2xfsdp2xtensor2')])
 def test_sharded_steps_equal_one_device(batches, single, mesh):
   state, losses = run_steps(*batches, jax.devices(), mesh)
   want_state, want_losses = single
@@ -61,6 +64,7 @@ def test_sharded_steps_equal_one_device(batches, single, mesh):
   assert moments and all(m.sharding.spec == P('fsdp', 'tensor') for m in moments)
 
 
+@pytest.mark.slow
 def test_biases_are_sharded_like_their_outputs(batches):
   state, losses = run_steps(*batches, jax.devices(), (2, 2, 2), bias=True)
   want_state, want_losses = run_steps(*batches, jax.devices()[:1], bias=True)
@@ -96,6 +100,7 @@ def test_rules_that_do_not_fit_the_model_are_errors():
     checks.check_config(c, num_devices=8)
 
 
+@pytest.mark.slow
 def test_scanned_layers_are_sharded_like_unrolled_ones(batches):
   c = tiny.get_config()
   c.data.data_dir = batches[0]
@@ -108,6 +113,7 @@ def test_scanned_layers_are_sharded_like_unrolled_ones(batches):
   assert up.addressable_shards[0].data.shape == (2, 16, 32)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_state(batches):
   data_dir, bs = batches
   c = tiny.get_config()

@@ -100,6 +100,10 @@ def test_tiny_run_trains_logs_and_reports(trained):
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   ce = [r['train/ce'] for r in rows if 'train/ce' in r]
   assert len(ce) == 6 and ce[-1] < ce[0] - 0.5
+  # Throughput leaves the evaluation and checkpoint pauses out without running ahead of time:
+  # a flush inside a checkpoint once made the next row read ~1e12 tokens/s.
+  rates = [r['train/tokens_per_s'] for r in rows if 'train/tokens_per_s' in r]
+  assert len(rates) == 6 and all(0 < x < 1e7 for x in rates), rates
   assert [r['step'] for r in rows if 'val/ce' in r] == [75, 150]
   assert summary['steps'] == 150 and set(summary['exact_match']) == {'1', '2', '3'}
   assert json.load(open(os.path.join(workdir, 'summary.json')))['steps'] == 150
@@ -107,6 +111,7 @@ def test_tiny_run_trains_logs_and_reports(trained):
   assert json.load(open(os.path.join(workdir, 'config.json')))['optim']['lr'] == c.optim.lr
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(trained, tmp_path):
   c, workdir, _ = trained
   resumed = str(tmp_path / 'resumed')
@@ -146,6 +151,7 @@ def run_launch(*args):
                         text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_typo_in_config_override_fails_with_the_key(tmp_path):
   workdir = tmp_path / 'run'
   out = run_launch('--config=configs/tiny.py', f'--workdir={workdir}', '--config.optim.lrr=1')
@@ -154,6 +160,7 @@ def test_typo_in_config_override_fails_with_the_key(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_parameters(data_dir, tmp_path):
   # With a zero learning rate validation never improves after the first evaluation.
   c = tiny_config(data_dir, num_steps=100, eval_every=10, patience=1)

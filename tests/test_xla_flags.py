@@ -56,6 +56,7 @@ def three_steps(data_dir, onednn):
 
 @pytest.mark.skipif(not xla_flags.for_mesh(tiny.get_config(), sharding.make_mesh(
     tiny.get_config().mesh, jax.devices()[:1])), reason='oneDNN options apply to x86 CPUs')
+@pytest.mark.slow
 def test_onednn_steps_train_like_xla_defaults(tmp_path):
   """The same three steps with and without the options: same losses and parameters, and oneDNN
   really ran the dots of the train and eval steps."""
