@@ -1,6 +1,7 @@
 """selffb's entry point: python launch.py --config=configs/default.py --workdir=runs/default."""
 import logging as std_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -8,7 +9,8 @@ from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file; override keys with --config.section.key=value.',
+    'config', None, 'Config file; override keys with --config.section.key=value. eval and sample '
+    "read the run's own config; with --config they take only sampling and evaluation keys.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, reports.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'selftrain', 'eval', 'sample'],
@@ -26,20 +28,28 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'multihost: number 
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'multihost: this process, 0-based.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'sample mode: a prompt (repeatable).')
 _PROMPTS_FILE = flags.DEFINE_string('prompts_file', None, 'sample mode: a file, one prompt a line.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Check the config and build the model abstractly, '
+                              'print the parameter count and the plan, write nothing.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Also print the whole config (it is always '
+                             'written to workdir/config.json).')
+flags.mark_flags_as_required(['workdir'])
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Keeps selffb's INFO lines; other libraries (orbax, tfds, jax) only from WARNING up."""
+  """Keeps selffb's INFO lines; other libraries (orbax, jax) from WARNING up, tfds from ERROR."""
 
   def filter(self, record):
     own = os.sep + 'selffb' + os.sep in record.pathname or record.pathname.endswith('launch.py')
+    if 'tensorflow_datasets' in record.pathname:  # Warns of its own config objects: selffb's.
+      return record.levelno >= std_logging.ERROR
     return own or record.levelno >= std_logging.WARNING
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _CONFIG.value is None and _MODE.value in ('train', 'selftrain'):
+    raise app.UsageError(f'--mode={_MODE.value} needs --config (e.g. configs/default.py).')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Before JAX's backend starts its threads; for the training modes only, since it makes
   # compiling slower and eval and sample mostly compile.
@@ -52,11 +62,27 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info('process %d of %d; %d local and %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+  if _VERBOSE.value and _CONFIG.value is not None:
+    logging.info('config:\n%s', _CONFIG.value)
   # After flag parsing, so --help stays fast.
+  from selffb import checkpoint, errors, runtime  # pylint: disable=g-import-not-at-top
+  try:
+    _run_mode()
+  except (errors.InputError, FileNotFoundError, runtime.WorkdirLocked,
+          checkpoint.CheckpointError) as e:
+    # A problem the user can fix: the message names it; a traceback would only bury it.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _run_mode():
   from selffb import selftrain  # pylint: disable=g-import-not-at-top
-  from selffb.modes import evaluate, sample, train  # pylint: disable=g-import-not-at-top
-  logging.info('config:\n%s', _CONFIG.value)
-  if _MODE.value == 'train':
+  from selffb.modes import dry_run, evaluate, sample, train  # pylint: disable=g-import-not-at-top
+  if _DRY_RUN.value:
+    if _CONFIG.value is None:
+      raise app.UsageError('--dry_run checks a --config.')
+    dry_run.plan(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  elif _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'selftrain':
     selftrain.run_selftrain(_CONFIG.value, _WORKDIR.value)

@@ -73,7 +73,7 @@ def write(workdir, rows):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plt.subplots(figsize=(8.5, 4.5))
   low, high = (int(x) for x in str(rows[0]['digits']).split('-'))
   ax.axvspan(low - 0.5, high + 0.5, color='0.9', label='training lengths')
   for row in rows:
@@ -85,9 +85,10 @@ def write(workdir, rows):
             label=f"control after {row['round']} rounds" if control else f"round {row['round']}")
   ax.set_xlabel('operand digits')
   ax.set_ylabel('greedy exact match (%)')
+  ax.set_title('Held-out test accuracy after each self-training round')
   ax.set_ylim(-2, 102)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # Outside: covers no line.
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, 'accuracy.png'), dpi=100)
   plt.close(fig)

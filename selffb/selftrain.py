@@ -30,6 +30,7 @@ from selffb import optim
 from selffb import report
 from selffb import runtime
 from selffb import sampling
+from selffb import tasks
 from selffb.data import pipeline
 from selffb.evaluators import greedy
 from selffb.feedback import scoring
@@ -138,6 +139,15 @@ def _sample_round(run, params, r, level):
   return summary, rows
 
 
+def _progress(run, arm, r):
+  """train_loop's label and the training steps left in the job after this round (at most: the
+  rounds may stop early), so progress lines name the round and give an ETA for the whole job."""
+  st = run.s.config.selftrain
+  spr, rounds = st.steps_per_round, st.rounds
+  after = (rounds - r) * spr + (rounds * spr if st.control and arm == 'self' else 0)
+  return {'label': f'{arm} round {r}/{rounds} | ', 'steps_after': after}
+
+
 def _round_config(config, r, steps):
   c = config.copy_and_resolve_references()
   with c.unlocked():
@@ -167,7 +177,7 @@ def _fit_round(run, directory, r, self_records, params, head, t0):
                            seq_len=seq_len,
                            tx=optim.make_optimizer(config.optim, config.train.num_steps))
   summary, params = loop.train_loop(rs, directory, run.signals, init_params=params,
-                                    keep_best=False)
+                                    keep_best=False, **_progress(run, head['run'], r))
   if 'stopped_by' in summary:
     return None, None
   return {**head, 'steps': summary['steps'], **_evaluate(run, params),
@@ -248,7 +258,7 @@ def _round_zero(run, r0, base_dir):
   if s.config.selftrain.init_workdir:
     params, steps = _restore_params(run, base_dir), 0
   else:
-    summary, params = loop.train_loop(s, r0, run.signals)
+    summary, params = loop.train_loop(s, r0, run.signals, **_progress(run, 'self', 0))
     if 'stopped_by' in summary:
       return None
     steps = summary['steps']
@@ -332,20 +342,23 @@ def _rounds(run):
 
 def run_selftrain(config, workdir):
   """--mode=selftrain: the rounds in workdir (resuming), then the report; returns its rows."""
-  s = setup_lib.setup(config, workdir)  # Validates the whole config first.
-  st = config.selftrain
-  if not s.task.SUPPORTS_SELFTRAIN:
+  checks.check_config(config)
+  st, task = config.selftrain, tasks.get(config.data.task)
+  if not task.SUPPORTS_SELFTRAIN:
     raise checks.ConfigError(f'--mode=selftrain needs a task with self-training hooks; '
                              f'config.data.task={config.data.task!r} has none (addition has).')
+  # Every self-training input is checked before the dataset is written.
   weights = scoring.normalize_weights(st.weights.to_dict())
-  exact = s.task.verifier(s.fmt)
+  exact = task.verifier(task.batch_format(config))
   verifier = scoring.resolve_verifier(st.verifier, exact)
   if weights.get('verifier') and verifier is None:
     raise checks.ConfigError('config.selftrain.weights.verifier > 0 but config.selftrain.'
                              'verifier is empty; name one.')
   ratings = scoring.load_ratings(st.ratings_file)
+  s = setup_lib.setup(config, workdir)
   val, tests, held = s.task.held_out_sets(config, s.splits, s.fmt)
   with runtime.locked(workdir), runtime.StopSignals() as stop_signals:
+    runtime.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
     run = _Run(s=s, workdir=workdir, signals=stop_signals, val=val, tests=tests, held_out=held,
                weights=weights, verifier=verifier, exact=exact, ratings=ratings)
     return _rounds(run)
@@ -353,4 +366,5 @@ def run_selftrain(config, workdir):
 
 def _brief(row):
   test = ' '.join(f'{k}:{100 * v:.0f}' for k, v in row['test'].items())
-  return f"val exact {report.pct(row['val_exact'])}; test exact % by level {test}"
+  return (f"greedy val exact (mean over levels) {report.pct(row['val_exact'])}; "
+          f"greedy test exact % by level {test}")

@@ -7,6 +7,7 @@ import pytest
 from configs import default
 from configs import tiny
 from selffb.train import checks
+from selffb.train import ranges
 
 
 def flat_keys(c, prefix=''):
@@ -37,3 +38,39 @@ def test_every_config_declares_only_default_keys_and_validates(name):
   c = importlib.import_module(f'configs.{name}').get_config()
   assert flat_keys(c) == flat_keys(default.get_config())
   assert checks.problems(c, 1) == []
+
+
+CHECKED_ELSEWHERE = ('mesh.data', 'mesh.fsdp', 'mesh.tensor', 'model.attention_block',
+                     'optim.feedback_ema', 'optim.feedback_scale_min', 'optim.feedback_scale_max',
+                     'sample.temperature', 'sample.top_k', 'sample.top_p',
+                     'sample.max_new_tokens', 'feedback.weights.', 'selftrain.weights.',
+                     'data.addition.')
+
+
+def test_every_numeric_key_has_a_checked_range():
+  c = default.get_config()
+  numeric = set()
+  for key in flat_keys(c):
+    node = c
+    for part in key.split('.'):
+      node = node[part]
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+      numeric.add(key)
+  unchecked = {k for k in numeric - set(ranges.RANGES) if not k.startswith(CHECKED_ELSEWHERE)}
+  assert not unchecked
+  assert set(ranges.RANGES) <= numeric  # No stale entry.
+
+
+def test_values_that_cannot_be_meant_are_all_reported():
+  c = tiny.get_config()
+  c.optim.lr = -1e-3  # Gradient ascent.
+  c.model.dropout = 1.5
+  c.selftrain.lr = float('nan')
+  c.model.num_heads = 0  # Would divide by zero in the model's own check.
+  c.data.eval_batch_size = 12  # Not divisible by the 8 batch shards.
+  found = checks.problems(c, 8)
+  assert len(found) == 5, found
+  for fragment in ('optim.lr=-0.001 must be a number in [0, inf)',
+                   'model.dropout=1.5 must be a number in [0, 1)', 'selftrain.lr=nan',
+                   'model.num_heads=0', 'eval_batch_size=12 is not divisible by the 8'):
+    assert any(fragment in p for p in found), fragment

@@ -74,8 +74,9 @@ def tiny_splits(tmp_path_factory):
 def test_builder_writes_what_the_generator_says(tiny_splits):
   c, splits = tiny_splits
   a = c.data.addition
-  want = addition_problems.addition_splits(a.min_digits, a.max_digits, a.num_train, a.num_validation,
-                              a.num_test, list(a.test_digits), c.seed)
+  want = addition_problems.addition_splits(a.min_digits, a.max_digits, a.num_train,
+                                           a.num_validation, a.num_test, list(a.test_digits),
+                                           c.seed)
   assert set(splits) == set(want)
   for name, pairs in want.items():
     got = sorted((r['prompt'].decode(), r['answer'].decode()) for r in pipeline.read_all(
@@ -115,7 +116,7 @@ def test_hosts_split_each_global_batch(tiny_splits):
   _, splits = tiny_splits
   full = seq.train_dataset(splits['train'], TOK, 13, 16, seed=0)[5]
   parts = [seq.train_dataset(splits['train'], TOK, 13, 16, seed=0, process_index=i,
-                              process_count=2)[5] for i in range(2)]
+                             process_count=2)[5] for i in range(2)]
   np.testing.assert_array_equal(np.concatenate([p['inputs'] for p in parts]), full['inputs'])
   with pytest.raises(ValueError, match='not divisible'):
     seq.train_dataset(splits['train'], TOK, 13, 15, seed=0, process_count=2)

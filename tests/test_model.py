@@ -71,7 +71,8 @@ def test_dropout_only_in_training_mode():
 
 @pytest.mark.parametrize('positions, pos_ids', [
     ('rope', None), pytest.param('learned', None, marks=SLOW),
-    pytest.param('none', None, marks=SLOW), ('rope', [0, 1, 2, 0, 1, 2, 3, 1])])  # Ids that restart (per operand): still causal.
+    pytest.param('none', None, marks=SLOW),
+    ('rope', [0, 1, 2, 0, 1, 2, 3, 1])])  # Ids that restart (per operand): still causal.
 def test_causality_gradient(positions, pos_ids):
   """d logits[t] / d input embedding[s] is zero for s > t and nonzero for s <= t."""
   cfg = make_cfg(positions=positions)

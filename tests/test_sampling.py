@@ -123,7 +123,8 @@ def tiny_model():
 
 def gen(tiny_model, prompts, sp, **kw):
   cfg, params, _ = tiny_model
-  return sampling.generate(params, prompts, model=decoder, cfg=cfg, sp=sp, eos_id=-1, pad_id=0, **kw)
+  return sampling.generate(params, prompts, model=decoder, cfg=cfg, sp=sp, eos_id=-1, pad_id=0,
+                           **kw)
 
 
 def test_batched_prompts_of_different_lengths_match_each_alone(tiny_model):

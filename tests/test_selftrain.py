@@ -88,6 +88,23 @@ def test_addition_verifier_plain_and_aligned():
   assert custom('1', '1') and not custom('1', '2')
   with pytest.raises(ValueError, match='selftrain.verifier'):
     scoring.resolve_verifier('nope.module:f', plain)
+  with pytest.raises(ValueError, match=r"verifier='math:sqrt' must take \(prompt, answer\)"):
+    scoring.resolve_verifier('math:sqrt', plain)  # One argument: refused before any training.
+
+
+def test_selftrain_inputs_are_checked_before_any_data_is_written(tmp_path):
+  (tmp_path / 'a.txt').write_text('some text to model. ' * 20)
+  c = tiny.get_config()
+  c.data.update(task='text', seq_len=16, data_dir=str(tmp_path / 'data'))
+  c.data.text.paths = str(tmp_path / 'a.txt')
+  with pytest.raises(checks.ConfigError, match="task='text' has none"):
+    selftrain.run_selftrain(c, str(tmp_path / 'run'))
+  c = tiny.get_config()
+  c.data.data_dir = str(tmp_path / 'data')
+  c.selftrain.verifier = 'math:sqrt'
+  with pytest.raises(ValueError, match='must take'):
+    selftrain.run_selftrain(c, str(tmp_path / 'run'))
+  assert not (tmp_path / 'data').exists() and not (tmp_path / 'run').exists()
 
 
 def test_ratings_file_is_read_and_bad_lines_named(tmp_path):
@@ -168,7 +185,7 @@ def test_training_shifts_are_reproducible_and_in_range(tmp_path):
   records = [{**addition_problems.addition_example(i, i + 7, aligned=True), 'digits': 2}
              for i in range(10, 74)]
   source = pipeline.ListSource([{k: v.encode() if isinstance(v, str) else v
-                                  for k, v in r.items()} for r in records])
+                                 for k, v in r.items()} for r in records])
   layout = _aligned_format()
   ds = seq.train_dataset(source, tok, 12, 16, seed=3, fmt=layout)
   a, b = ds[4], ds[4]
@@ -176,7 +193,7 @@ def test_training_shifts_are_reproducible_and_in_range(tmp_path):
   starts = a['positions'][:, 1]  # Digit 1 of the first operand: 1 + shift.
   assert set(starts.tolist()) <= {1, 2, 3} and len(set(starts.tolist())) > 1
   host = seq.train_dataset(source, tok, 12, 16, seed=3, process_index=1, process_count=2,
-                            fmt=layout)[4]
+                           fmt=layout)[4]
   np.testing.assert_array_equal(host['positions'], a['positions'][8:])
 
 

@@ -14,10 +14,12 @@ from selffb import checkpoint
 from selffb import sharding
 from selffb.data import pipeline
 from selffb.evaluators import teacher_forced
+from selffb.modes import dry_run
 from selffb.modes import evaluate as evaluate_mode
 from selffb.modes import sample as sample_mode
 from selffb.modes import train as train_mode
 from selffb.tasks import seq
+from selffb.train import checks
 from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
@@ -140,10 +142,28 @@ def test_teacher_forced_exact_equals_greedy(trained, data_dir):
   assert any(v > 0 for v in summary['exact_match'].values())
 
 
-def test_eval_mode_reports_the_checkpoint(trained):
+def test_eval_mode_reports_the_checkpoint(trained, tmp_path):
   c, workdir, summary = trained
   result = evaluate_mode.evaluate_checkpoint(c, workdir)
   assert result['step'] == 150 and result['exact_match'] == summary['exact_match']
+  # Without --config the run's own config is read: the same figures.
+  assert evaluate_mode.evaluate_checkpoint(None, workdir) == result
+  # A setting the model was trained without is refused, never evaluated (RoPE -> no positions
+  # restores the same parameters and would report made-up figures).
+  other = c.copy_and_resolve_references()
+  other.model.positions = 'none'
+  with pytest.raises(checks.ConfigError, match=r"model.positions 'rope' \(run\) vs 'none'"):
+    evaluate_mode.evaluate_checkpoint(other, workdir)
+  # Evaluation-time keys may change: another evaluator over the same splits.
+  other = c.copy_and_resolve_references()
+  other.evals.exact_match.type = 'teacher_forced'
+  forced = evaluate_mode.evaluate_checkpoint(other, workdir)['exact_match']
+  assert {k: v['exact'] for k, v in forced.items()} == pytest.approx(
+      {f'test_{k}': v for k, v in summary['exact_match'].items()})
+  # A misspelt workdir is an error that writes nothing there.
+  with pytest.raises(FileNotFoundError, match='holds no run'):
+    evaluate_mode.evaluate_checkpoint(None, str(tmp_path / 'nope'))
+  assert not (tmp_path / 'nope').exists()
 
 
 def run_launch(*args):
@@ -157,6 +177,20 @@ def test_typo_in_config_override_fails_with_the_key(tmp_path):
   out = run_launch('--config=configs/tiny.py', f'--workdir={workdir}', '--config.optim.lrr=1')
   assert out.returncode != 0
   assert 'lrr' in out.stderr
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_user_errors_are_a_message_and_exit_code_2(tmp_path):
+  workdir = tmp_path / 'run'
+  out = run_launch('--config=configs/tiny.py', f'--workdir={workdir}', '--config.optim.lr=-1')
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr
+  assert 'error: the config has 1 problem(s):\n  - config.optim.lr=-1.0 must be' in out.stderr
+  assert not workdir.exists()  # Nothing written for a config that cannot run.
+  out = run_launch('--mode=eval', f'--workdir={workdir}')  # No --config: the run's own.
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert f'error: {workdir} holds no run (no config.json)' in out.stderr
   assert not workdir.exists()
 
 
@@ -198,3 +232,13 @@ def test_sample_mode_continues_prompts_from_the_checkpoint(trained, tmp_path):
     sample_mode.sample_checkpoint(c, workdir, [])
   with pytest.raises(FileNotFoundError, match='train first'):
     sample_mode.sample_checkpoint(c, str(tmp_path), ['1+2='])
+
+
+def test_dry_run_counts_parameters_and_writes_nothing(tmp_path):
+  c = tiny_config(str(tmp_path / 'data'))
+  plan = dry_run.plan(c, str(tmp_path / 'run'), 'train')
+  e, m, layers = c.model.d_model, c.model.mlp_dim, c.model.num_layers
+  per_block = 4 * e * e + 2 * e * m + 2 * 2 * e  # q, k, v, out; up, down; two LayerNorms.
+  assert plan['parameters'] == 259 * e + layers * per_block + 2 * e  # Tied embedding, final norm.
+  assert plan['task'] == 'addition' and not plan['resumes']
+  assert not os.listdir(tmp_path)  # No data, no workdir.

@@ -8,7 +8,7 @@ memory in the process instead: one arena for all threads, no mmap for large bloc
 trimming of the heap's top. The process then keeps the host memory it has freed, as tcmalloc
 and jemalloc do, and the heap may first grow by a few blocks where one step's allocations overlap
 the last one's frees: on the reference shape the peak resident memory went from 1,414 to 1,446
-MB (this and the compile times below are scratch measurements; README, Speed). The cost is at
+MB (this and the compile times below are scratch measurements; bench/README.md). The cost is at
 compile time: with one arena XLA's compiler threads contend for its lock, and the reference
 step's first call took 5.5 s against 4.1 s. So they pay off in a training run
 and not in the test suite, which compiles far more than it steps and keeps glibc's defaults.

@@ -3,7 +3,7 @@
 jaxlib 0.10 on x86-64 hands dots to YNNPACK by default. For the training step, oneDNN runs this
 project's matmul shapes faster (the weight-gradient dots most), and YNNPACK keeps the
 reductions, which XLA's own emitter splits into slow reduce-windows when oneDNN has the dots;
-measured with bench/train_throughput.py (README, Speed). The options go to those two jitted
+measured with bench/train_throughput.py (bench/README.md). The options go to those two jitted
 steps only: the KV-cache decode loop, whose dots are a few rows, runs faster on the defaults.
 """
 import importlib.metadata

@@ -1,8 +1,10 @@
 """Datasets written once by TensorFlow-free tfds builders as ArrayRecord files and read back with
 `as_data_source`. Each distinct setting is its own builder config, named by a hash of the
 settings, so a config change writes a new version and never reuses stale data."""
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 
 from absl import logging
@@ -25,7 +27,8 @@ def build(builder_cls, settings, data_dir, fingerprint=''):
                         config=Settings(name=name, settings=json.dumps(settings)))
   if not builder.is_prepared():
     logging.info('writing %s to %s', builder_cls.__name__, builder.data_path)
-  builder.download_and_prepare()
+    with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading and preparing".
+      builder.download_and_prepare()
   return {split: builder.as_data_source(split=split) for split in builder.info.splits}
 
 

@@ -5,9 +5,11 @@ over the normalised weights (`signals.fuse`, as for the loss's F); each prompt k
 candidate if Q clears the threshold.
 """
 import importlib
+import inspect
 import json
 import math
 
+from selffb import errors
 from selffb.feedback import signals
 
 SOURCES = ('confidence_mean', 'confidence_min', 'vote', 'format', 'verifier', 'rating')
@@ -55,10 +57,18 @@ def resolve_verifier(name, task_verifier):
     return None
   module, _, fn = name.partition(':')
   try:
-    return getattr(importlib.import_module(module), fn)
+    verifier = getattr(importlib.import_module(module), fn)
   except (ImportError, AttributeError, ValueError) as e:
-    raise ValueError(f"config.selftrain.verifier={name!r} cannot be loaded ({e}); use 'task' "
-                     "or 'package.module:function'.") from None
+    raise errors.InputError(f'config.selftrain.verifier={name!r} cannot be loaded ({e}); use '
+                            "'task' or 'package.module:function'.") from None
+  try:
+    inspect.signature(verifier).bind('prompt', 'answer')
+  except TypeError as e:
+    raise errors.InputError(f'config.selftrain.verifier={name!r} must take (prompt, answer) '
+                            f'strings and return a bool; it cannot be called so: {e}.') from None
+  except ValueError:  # Some builtins have no signature to check.
+    pass
+  return verifier
 
 
 def load_ratings(path):
@@ -77,7 +87,7 @@ def load_ratings(path):
                 and 0 <= rating <= 1):
           raise ValueError('prompt and answer must be strings and rating in [0, 1]')
       except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f'{path} line {n}: {e!r}; each line must be {{"prompt": str, '
-                         '"answer": str, "rating": number in [0, 1]}.') from None
+        raise errors.InputError(f'{path} line {n}: {e!r}; each line must be {{"prompt": str, '
+                                '"answer": str, "rating": number in [0, 1]}.') from None
       ratings[(r['prompt'], r['answer'])] = rating
   return ratings

@@ -4,6 +4,7 @@ from absl import logging
 
 from selffb import evaluators
 from selffb import selftrain
+from selffb.modes import run_config
 from selffb.evaluators import teacher_forced
 from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
@@ -11,7 +12,9 @@ from selffb.train import step as step_lib
 
 
 def evaluate_checkpoint(config, workdir):
-  """Reports validation metrics and the evaluators' results of the best parameters."""
+  """Reports validation metrics and the evaluators' results of the best parameters, under the
+  run's own config (`config`, if given, may change only run_config.CHANGEABLE keys)."""
+  config = run_config.load(config, workdir)
   s = setup_lib.setup(config, workdir)
   step, best_params, book = state_lib.restore_best_params(s, selftrain.model_dir(workdir))
   val_batches = s.task.eval_batches(s.splits['validation'], s.tokenizer,

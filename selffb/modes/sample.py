@@ -7,8 +7,10 @@ import jax
 import numpy as np
 from absl import logging
 
+from selffb import errors
 from selffb import sampling
 from selffb import selftrain
+from selffb.modes import run_config
 from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 
@@ -27,12 +29,14 @@ def _complete(s, texts, outs):
 
 
 def sample_checkpoint(config, workdir, texts):
-  """Continues each text with the latest checkpoint's best parameters; appends the samples to
-  workdir/samples.jsonl and returns them."""
+  """Continues each text with the latest checkpoint's best parameters, under the run's own
+  config (`config`, if given, may change only run_config.CHANGEABLE keys); appends the samples
+  to workdir/samples.jsonl and returns them."""
+  config = run_config.load(config, workdir)
   s = setup_lib.setup(config, workdir, with_data=False)
   sp = sampling.SamplingParams.from_config(config.sample)
   if not texts:
-    raise ValueError('no prompts: pass --prompt="..." (repeatable) or --prompts_file=PATH.')
+    raise errors.InputError('no prompts: pass --prompt="..." (repeatable) or --prompts_file=PATH.')
   step, params, _ = state_lib.restore_best_params(s, selftrain.model_dir(workdir))
   prompts = [s.tokenizer.encode_prompt(t) for t in texts]
   outs = sampling.generate(params, prompts, model=s.model, cfg=s.model_cfg, sp=sp,
@@ -44,9 +48,13 @@ def sample_checkpoint(config, workdir, texts):
                '\n'.join(f"{r['prompt']!r} -> {r['completion']!r}"
                          f"{'' if r['ended'] else ' ...'} (mean logprob {r['mean_logprob']:.3f})"
                          for r in samples))
+  path = os.path.join(workdir, 'samples.jsonl')
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'samples.jsonl'), 'a') as f:
-      for row in samples:
-        f.write(json.dumps({'step': step, **dataclasses.asdict(sp), 'seed': config.sample.seed,
-                            **row}) + '\n')
+    try:  # After printing them: the samples are never lost to an unwritable workdir.
+      with open(path, 'a') as f:
+        for row in samples:
+          f.write(json.dumps({'step': step, **dataclasses.asdict(sp),
+                              'seed': config.sample.seed, **row}) + '\n')
+    except OSError as e:
+      logging.warning('the samples above were not appended to %s: %s', path, e)
   return samples

@@ -1,6 +1,8 @@
 """Reversed addition problems, rev(a) + rev(b) = rev(a + b): pure, deterministic generators."""
 import numpy as np
 
+from selffb import errors
+
 
 def addition_example(a, b, aligned=False):
   """Least significant digit first, so each answer digit depends only on what came before.
@@ -84,9 +86,10 @@ def addition_splits(min_digits, max_digits, num_train, num_validation, num_test,
   capacity = sum(operands_of_length(d) for d in range(min_digits, max_digits + 1))
   free = capacity ** 2 - len(held_out)  # Problems neither a test nor (yet) validation.
   if num_validation >= free:
-    raise ValueError(f'{num_validation} distinct validation problems requested but operands of '
-                     f'{min_digits}..{max_digits} digits leave {free} outside the test sets and '
-                     'training needs some too; lower num_validation or num_test.')
+    raise errors.InputError(
+        f'{num_validation} distinct validation problems requested but operands of '
+        f'{min_digits}..{max_digits} digits leave {free} outside the test sets and training '
+        'needs some too; lower num_validation or num_test.')
   splits['validation'] = distinct_pairs(rng, num_validation, lengths, held_out)
   held_out.update(splits['validation'])
   splits['train'] = _train_pairs(rng, num_train, min_digits, max_digits, held_out)
@@ -96,8 +99,8 @@ def addition_splits(min_digits, max_digits, num_train, num_validation, num_test,
 def draw_problems(rng, digits, count, exclude):
   """`count` distinct (a, b) with the longer operand `digits` long, none in `exclude`."""
   if count > operands_of_length(digits) * 10 ** digits // 2:
-    raise ValueError(f'{count} problems of {digits} digits requested; lower '
-                     'config.selftrain.prompts_per_round.')
+    raise errors.InputError(f'{count} problems of {digits} digits requested; lower '
+                            'config.selftrain.prompts_per_round.')
   pairs = set()
   while len(pairs) < count:
     other = int(rng.integers(1, digits + 1))

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from selffb import errors
 from selffb.data import builders
 from selffb.tasks import seq
 
@@ -49,8 +50,9 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
     order = np.random.default_rng(s['seed']).permutation(len(chunks))
     n_val = max(1, int(round(len(chunks) * s['validation_fraction'])))
     if len(chunks) - n_val < 1:
-      raise ValueError(f'text files {s["files"]} give {len(chunks)} chunk(s) of '
-                       f'{s["chunk_bytes"]} bytes: too little for a train and a validation split.')
+      raise errors.InputError(f'text files {s["files"]} give {len(chunks)} chunk(s) of '
+                              f'{s["chunk_bytes"]} bytes: too little for a train and a '
+                              'validation split.')
     pick = lambda idx: [chunks[i] for i in sorted(idx)]
     return {'train': self._generate_examples(pick(order[n_val:])),
             'validation': self._generate_examples(pick(order[:n_val]))}
@@ -64,12 +66,12 @@ def read_text_file(path):
   with open(path, 'rb') as f:
     raw = f.read()
   if not raw.strip():
-    raise ValueError(f'text file {path} is empty; remove it from config.data.text.paths.')
+    raise errors.InputError(f'text file {path} is empty; remove it from config.data.text.paths.')
   try:
     return raw.decode('utf-8')
   except UnicodeDecodeError as e:
-    raise ValueError(f'text file {path} is not UTF-8 ({e}); convert it (e.g. iconv -t utf-8) '
-                     'or remove it from config.data.text.paths.') from None
+    raise errors.InputError(f'text file {path} is not UTF-8 ({e}); convert it (e.g. iconv -t '
+                            'utf-8) or remove it from config.data.text.paths.') from None
 
 
 def text_files(paths):
@@ -78,10 +80,11 @@ def text_files(paths):
   for pattern in [p.strip() for p in paths.split(',') if p.strip()]:
     matched = sorted(glob.glob(os.path.expanduser(pattern)))
     if not matched:
-      raise ValueError(f'config.data.text.paths: {pattern!r} matches no file.')
+      raise errors.InputError(f'config.data.text.paths: {pattern!r} matches no file.')
     files.extend(matched)
   if not files:
-    raise ValueError("config.data.task='text' needs config.data.text.paths (files or globs).")
+    raise errors.InputError("config.data.task='text' needs config.data.text.paths (files or "
+                            'globs).')
   return files
 
 
@@ -107,7 +110,4 @@ def config_problems(config):
     found.append(str(e))
   if d.seq_len < 2:
     found.append("config.data.task='text' needs config.data.seq_len >= 2.")
-  if not 0 < d.text.validation_fraction < 1:
-    found.append(f'config.data.text.validation_fraction={d.text.validation_fraction} must be '
-                 'in (0, 1).')
   return found

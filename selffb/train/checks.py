@@ -9,6 +9,7 @@ import os
 import jax
 import ml_collections
 
+from selffb import errors
 from selffb import evaluators
 from selffb import models
 from selffb import optim
@@ -18,10 +19,11 @@ from selffb import tasks
 from selffb.data import tokenizers
 from selffb.feedback import losses
 from selffb.feedback import scoring
+from selffb.train import ranges
 
 
-class ConfigError(ValueError):
-  pass
+class ConfigError(errors.InputError):
+  """The config cannot run; the message lists every problem with the key to fix."""
 
 
 def _collector():
@@ -44,21 +46,18 @@ def _collector():
 def problems(config, num_devices):
   """Every problem of `config` for `num_devices` devices, as messages naming the key to fix."""
   found, check, need = _collector()
+  found.extend(ranges.problems(config))
   tokenizer = check(lambda: tokenizers.get(config.data.tokenizer))
   model = check(lambda: models.get(config.model.kind))
   model_cfg = None
-  if model is not None and tokenizer is not None:
+  if model is not None and tokenizer is not None and not any(
+      p.startswith('config.model.') for p in found):
     model_cfg = check(lambda: model.Config.from_config(config.model, tokenizer.vocab_size))
   check(lambda: losses.check_loss_name(config.feedback.loss))
   check(lambda: losses.validate_weights(config.feedback.weights.to_dict()))
-  need(config.feedback.gamma >= 0, f'config.feedback.gamma={config.feedback.gamma} must be >= 0.')
   check(lambda: optim.make_optimizer(config.optim, config.train.num_steps))
   check(lambda: sampling.SamplingParams.from_config(config.sample))
-  found.extend(_train_problems(config.train))
   d, m = config.data, config.model
-  need(d.batch_size >= 1 and d.eval_batch_size >= 1,
-       'config.data.batch_size and eval_batch_size must be >= 1.')
-  need(d.seq_len >= 0, f'config.data.seq_len={d.seq_len} must be >= 0 (0: longest example).')
   need(d.seq_len <= m.max_len, f'config.data.seq_len={d.seq_len} exceeds config.model.max_len='
        f'{m.max_len}.')
   found.extend(_mesh_problems(config, num_devices, model, model_cfg))
@@ -70,15 +69,6 @@ def problems(config, num_devices):
   return found
 
 
-def _train_problems(t):
-  found, _, need = _collector()
-  for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'max_checkpoints',
-              'max_nonfinite_steps'):
-    need(t[key] >= 1, f'config.train.{key}={t[key]} must be >= 1.')
-  need(t.patience >= 0, f'config.train.patience={t.patience} must be >= 0 (0 disables).')
-  return found
-
-
 def _mesh_problems(config, num_devices, model, model_cfg):
   """The mesh against the devices, the batch against its shards, the rules against the model."""
   found, _, need = _collector()
@@ -86,11 +76,13 @@ def _mesh_problems(config, num_devices, model, model_cfg):
     shape = dict(zip(sharding.AXES, sharding.mesh_shape(config.mesh, num_devices)))
   except ValueError as e:
     return [str(e)]
-  shards, accum = shape['data'] * shape['fsdp'], config.train.grad_accum_steps
-  need(accum >= 1, f'config.train.grad_accum_steps={accum} must be >= 1.')
-  need(accum >= 1 and config.data.batch_size % (shards * max(accum, 1)) == 0,
+  shards, accum = shape['data'] * shape['fsdp'], max(config.train.grad_accum_steps, 1)
+  need(config.data.batch_size % (shards * accum) == 0,
        f'config.data.batch_size={config.data.batch_size} is not divisible by the {shards} batch '
        f'shards of config.mesh {shape} times grad_accum_steps={accum}.')
+  need(config.data.eval_batch_size % shards == 0,
+       f'config.data.eval_batch_size={config.data.eval_batch_size} is not divisible by the '
+       f'{shards} batch shards of config.mesh {shape}; evaluation splits its batches over them.')
   sizes = model.logical_sizes(model_cfg) if model_cfg is not None else {}
   for name, axis in config.mesh.rules.items():
     if (model_cfg is not None and name not in sizes) or (axis and axis not in sharding.AXES):
@@ -103,26 +95,14 @@ def _mesh_problems(config, num_devices, model, model_cfg):
 
 
 def selftrain_problems(st):
-  """Problems of config.selftrain (read by --mode=selftrain only, checked always)."""
+  """Problems of config.selftrain beyond its ranges (read by --mode=selftrain, checked always)."""
   found, check, need = _collector()
   check(lambda: scoring.normalize_weights(st.weights.to_dict()))
-  for key in ('prompts_per_round', 'samples_per_prompt', 'steps_per_round', 'val_per_length'):
-    need(st[key] >= 1, f'config.selftrain.{key}={st[key]} must be >= 1.')
-  for key in ('rounds', 'start_digits', 'warmup_steps', 'max_self_examples', 'patience',
-              'target_digits', 'top_k'):
-    need(st[key] >= 0, f'config.selftrain.{key}={st[key]} must be >= 0.')
   need(st.samples_per_prompt == 1 or st.temperature > 0,
        f'config.selftrain.samples_per_prompt={st.samples_per_prompt} identical greedy candidates: '
        'set config.selftrain.temperature > 0, or samples_per_prompt=1.')
-  need(st.temperature >= 0, f'config.selftrain.temperature={st.temperature} must be >= 0.')
-  need(0 < st.keep_top_fraction <= 1,
-       f'config.selftrain.keep_top_fraction={st.keep_top_fraction} must be in (0, 1].')
-  need(0 <= st.mix < 1, f'config.selftrain.mix={st.mix} must be in [0, 1).')
-  need(st.lr > 0, f'config.selftrain.lr={st.lr} must be > 0.')
   need(st.warmup_steps < st.steps_per_round, f'config.selftrain.warmup_steps={st.warmup_steps} '
        f'must be below steps_per_round={st.steps_per_round}.')
-  need(0 <= st.target_accuracy <= 1,
-       f'config.selftrain.target_accuracy={st.target_accuracy} must be in [0, 1].')
   need(not st.ratings_file or os.path.isfile(st.ratings_file),
        f'config.selftrain.ratings_file={st.ratings_file!r} does not exist.')
   return found
@@ -141,17 +121,22 @@ def _flat(d, prefix=''):
   return out
 
 
+def config_changes(saved, current):
+  """{key: (saved value, current value)} for every flat key where a saved config dict (from a
+  checkpoint) and the current ConfigDict differ; a tuple equals the list JSON made of it."""
+  before, after = _flat(saved), _flat(current.to_dict())
+  return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+          if before.get(k) != after.get(k)
+          and not (isinstance(after.get(k), (list, tuple)) and list(after[k]) == before.get(k))}
+
+
 def resume_changes(saved, current, abstract_params):
   """Compares a checkpoint's config with the current one.
 
   Raises ConfigError naming the keys when the model or the optimizer state's shape differ;
   returns the other changed keys as {key: (saved, current)} (a new lr or step count is fine).
   """
-  before, after = _flat(saved), _flat(current.to_dict())
-  changed = {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
-             if before.get(k) != after.get(k)
-             and not (isinstance(after.get(k), (list, tuple))
-                      and list(after[k]) == before.get(k))}
+  changed = config_changes(saved, current)
   model_keys = [k for k in changed if k.startswith('model.')]
   if model_keys:
     raise ConfigError('the checkpoint was written by a different model; changed: ' + ', '.join(

@@ -38,8 +38,9 @@ class Progress:
   """Train metrics pulled to the host one step late and written, averaged, every log_every
   steps, with tokens/s and an ETA that leave out the pauses for evaluation and checkpoints."""
 
-  def __init__(self, writer, s, step):
+  def __init__(self, writer, s, step, label='', steps_after=0):
     self.writer, self.pending = writer, []  # pending: steps whose metrics are not yet written.
+    self.label, self.steps_after = label, steps_after  # Steps_after: the job's, after this run.
     self.num_steps = s.config.train.num_steps
     self.tokens_per_step = s.config.data.batch_size * s.seq_len
     self.schedule = optim.make_schedule(s.config.optim, self.num_steps)
@@ -72,11 +73,15 @@ class Progress:
     if rate is not None:
       mean['tokens_per_s'] = rate * self.tokens_per_step
     self.writer.write(upto, {f'train/{k}': v for k, v in mean.items()})
-    logging.info('step %5d/%d | loss %.4f ce %.4f acc %.3f F %.3f scale %.2f | lr %.2e | '
-                 '%s tok/s | ETA %s', upto, self.num_steps, mean['loss'], mean['ce'],
+    eta = '-'
+    if rate is not None:
+      eta = fmt_time((self.num_steps - upto) / max(rate, 1e-9))
+      if self.steps_after:
+        eta += f', job {fmt_time((self.num_steps - upto + self.steps_after) / max(rate, 1e-9))}'
+    logging.info('%sstep %5d/%d | loss %.4f ce %.4f acc %.3f F %.3f scale %.2f | lr %.2e | '
+                 '%s tok/s | ETA %s', self.label, upto, self.num_steps, mean['loss'], mean['ce'],
                  mean['accuracy'], mean['mean_f'], mean['feedback_scale'], mean['lr'],
-                 '-' if rate is None else f'{mean["tokens_per_s"]:,.0f}',
-                 '-' if rate is None else fmt_time((self.num_steps - upto) / max(rate, 1e-9)))
+                 '-' if rate is None else f'{mean["tokens_per_s"]:,.0f}', eta)
     self.pending = [p for p in self.pending if p['step'] > upto]
     self.t_log, self.step_log, self.paused = time.time(), upto, 0.0
 
@@ -117,7 +122,7 @@ def _data(s):
   return pipeline.make_iterator(dataset), val
 
 
-def _start(s, workdir, init_params, keep_best):
+def _start(s, workdir, init_params, keep_best, progress_args):
   """Builds the state, steps and data, and resumes from workdir's newest checkpoint."""
   config = s.config
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
@@ -147,7 +152,8 @@ def _start(s, workdir, init_params, keep_best):
   run = _Run(s=s, state=state, best_params=jax.tree.map(jnp.copy, best_params), book=book,
              step_rng=jax.random.wrap_key_data(jnp.asarray(book['rng'], jnp.uint32)),
              train_iter=train_iter, val_batches=val_batches, manager=manager, p_train=p_train,
-             p_eval=p_eval, progress=Progress(writer, s, step), keep_best=keep_best,
+             p_eval=p_eval, progress=Progress(writer, s, step, *progress_args),
+             keep_best=keep_best,
              config_dict=json.loads(config.to_json_best_effort()))
   return run, step, n_params
 
@@ -170,7 +176,8 @@ def _validate(run, step):
     run.best_params = jax.tree.map(jnp.copy, run.state.params)
   else:
     book['bad_evals'] += 1
-  logging.info('eval  step %d | val ce %.4f ppl %.3f acc %.4f exact %.4f | best %.4f @ %d',
+  logging.info('eval  step %d | val ce %.4f ppl %.3f token acc %.4f teacher-forced seq exact '
+               '%.4f | best %.4f @ %d',
                step, val['ce'], val['perplexity'], val['accuracy'], val['exact'],
                book['best_val_ce'], book['best_step'])
   if c.patience and book['bad_evals'] >= c.patience:
@@ -221,16 +228,17 @@ def _steps(run, step, signals):
   return step, None
 
 
-def train_loop(s, workdir, signals, init_params=None, keep_best=True):
+def train_loop(s, workdir, signals, init_params=None, keep_best=True, label='', steps_after=0):
   """The training loop in workdir (resuming its latest checkpoint); returns (summary, best
   params), or ({'steps', 'stopped_by'}, None) when a signal stopped it after a checkpoint.
 
   `init_params` (a fresh run only) replace the initial parameters: a self-training round starts
   from the previous round's. `keep_best=False`: the "best" parameters saved and returned are
-  simply the latest ones.
+  simply the latest ones. `label` starts each progress line; `steps_after`, the training steps
+  the job runs after this loop, extends the ETA to the whole job.
   """
   t_start = time.time()
-  run, step, n_params = _start(s, workdir, init_params, keep_best)
+  run, step, n_params = _start(s, workdir, init_params, keep_best, (label, steps_after))
   step, stopped_by = _steps(run, step, signals)
   run.progress.flush(step)
   if run.manager.latest_step() != step:

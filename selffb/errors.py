@@ -1,0 +1,6 @@
+"""Errors a user causes and can fix. launch.py prints them as one message, without a
+traceback, and exits with code 2; anything else is a bug and keeps its traceback."""
+
+
+class InputError(ValueError):
+  """A bad config value, input file or workdir; the message names it and the fix."""

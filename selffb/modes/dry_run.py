@@ -1,0 +1,33 @@
+"""--dry_run: every check and the model built abstractly, then a summary of what the run would
+do; nothing is written and no data is made."""
+import math
+import os
+
+import jax
+from absl import logging
+
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+
+
+def plan(config, workdir, mode):
+  """Checks `config`, counts the parameters without materialising them, logs the plan and
+  returns it as a dict."""
+  s = setup_lib.setup(config, workdir, with_data=False)
+  shapes = jax.tree.leaves(state_lib.abstract_params(s))
+  c = config
+  summary = {
+      'mode': mode, 'workdir': os.path.abspath(workdir),
+      'resumes': os.path.isdir(os.path.join(workdir, 'checkpoints')),
+      'model': c.model.kind, 'parameters': sum(math.prod(x.shape) for x in shapes),
+      'vocab_size': s.tokenizer.vocab_size, 'task': c.data.task,
+      'data_dir': c.data.data_dir or os.path.join(workdir, 'data'),
+      'mesh': dict(s.mesh.shape), 'steps': c.train.num_steps, 'batch_size': c.data.batch_size,
+      'loss': c.feedback.loss, 'evals': {k: dict(v) for k, v in c.evals.items()}}
+  if mode == 'selftrain':
+    summary['rounds'] = c.selftrain.rounds
+    summary['steps_per_round'] = c.selftrain.steps_per_round
+    summary['control'] = c.selftrain.control
+  logging.info('dry run, nothing written; the config passes every check:\n%s', '\n'.join(
+      f'  {k}: {v}' for k, v in summary.items()))
+  return summary

@@ -1,0 +1,60 @@
+"""The config of a finished run, for --mode=eval and --mode=sample: the model, data and task are
+the ones its checkpoint was written with, whatever --config says; only settings that make sense
+to change when evaluating or sampling are taken from --config."""
+import json
+import os
+
+import ml_collections
+
+from selffb.train import checks
+
+# Keys (or sections, ending with '.') --config may change at evaluation or sampling time.
+CHANGEABLE = ('sample.', 'evals.', 'mesh.', 'data.eval_batch_size', 'data.data_dir',
+              'train.xla_cpu_onednn', 'train.max_checkpoints')
+# Sections that decide what the parameters compute and what they are evaluated on.
+FIXED = ('model.', 'data.', 'seed')
+
+
+def _changeable(key):
+  return any(key == k or (k.endswith('.') and key.startswith(k)) for k in CHANGEABLE)
+
+
+def saved(workdir):
+  """The config a run in workdir was started with (its config.json; for a self-training run
+  written before that file was, round 0's)."""
+  for path in (os.path.join(workdir, 'config.json'),
+               os.path.join(workdir, 'rounds', 'r00', 'config.json')):
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+  raise FileNotFoundError(f'{workdir} holds no run (no config.json); train first with '
+                          f'--mode=train --workdir={workdir}, or check the path.')
+
+
+def load(config, workdir):
+  """The run's config with the CHANGEABLE keys of `config` (None: the run's as it is).
+
+  Raises ConfigError naming every FIXED key where `config` differs from the run's, so a model is
+  never evaluated under settings it was not trained with.
+  """
+  before = saved(workdir)
+  run = ml_collections.ConfigDict(before)
+  if config is None:
+    run.lock()
+    return run
+  changed = checks.config_changes(before, config)
+  fixed = [k for k in changed if k.startswith(FIXED) and not _changeable(k)]
+  if fixed:
+    raise checks.ConfigError(
+        f'the run in {workdir} was trained with other settings than --config gives: ' +
+        ', '.join(f'{k} {changed[k][0]!r} (run) vs {changed[k][1]!r}' for k in fixed) +
+        ". eval and sample read the run's own config: drop --config, or those overrides.")
+  with run.unlocked():
+    for key in (k for k in changed if _changeable(k) and None not in changed[k]):
+      *path, leaf = key.split('.')
+      node_run, node_new = run, config
+      for p in path:
+        node_run, node_new = node_run[p], node_new[p]
+      node_run[leaf] = node_new[leaf]
+  run.lock()
+  return run
