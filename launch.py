@@ -79,8 +79,6 @@ def _run_mode():
   from selffb import selftrain  # pylint: disable=g-import-not-at-top
   from selffb.modes import dry_run, evaluate, sample, train  # pylint: disable=g-import-not-at-top
   if _DRY_RUN.value:
-    if _CONFIG.value is None:
-      raise app.UsageError('--dry_run checks a --config.')
     dry_run.plan(_CONFIG.value, _WORKDIR.value, _MODE.value)
   elif _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

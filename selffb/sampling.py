@@ -30,7 +30,7 @@ class SamplingParams:
   max_new_tokens: int = 32
 
   def __post_init__(self):
-    if self.temperature < 0:
+    if not self.temperature >= 0:  # NaN too.
       raise ValueError(f'temperature={self.temperature} must be >= 0.')
     if self.top_k < 0:
       raise ValueError(f'top_k={self.top_k} must be >= 0 (0 disables).')

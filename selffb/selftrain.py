@@ -340,21 +340,26 @@ def _rounds(run):
   return run.rows
 
 
-def run_selftrain(config, workdir):
-  """--mode=selftrain: the rounds in workdir (resuming), then the report; returns its rows."""
+def check_inputs(config):
+  """Every self-training input, checked before any data is written: the config, the task's
+  hooks, the verifier and the ratings file. Returns (weights, exact check, verifier, ratings)."""
   checks.check_config(config)
   st, task = config.selftrain, tasks.get(config.data.task)
   if not task.SUPPORTS_SELFTRAIN:
     raise checks.ConfigError(f'--mode=selftrain needs a task with self-training hooks; '
                              f'config.data.task={config.data.task!r} has none (addition has).')
-  # Every self-training input is checked before the dataset is written.
   weights = scoring.normalize_weights(st.weights.to_dict())
   exact = task.verifier(task.batch_format(config))
   verifier = scoring.resolve_verifier(st.verifier, exact)
   if weights.get('verifier') and verifier is None:
     raise checks.ConfigError('config.selftrain.weights.verifier > 0 but config.selftrain.'
                              'verifier is empty; name one.')
-  ratings = scoring.load_ratings(st.ratings_file)
+  return weights, exact, verifier, scoring.load_ratings(st.ratings_file)
+
+
+def run_selftrain(config, workdir):
+  """--mode=selftrain: the rounds in workdir (resuming), then the report; returns its rows."""
+  weights, exact, verifier, ratings = check_inputs(config)
   s = setup_lib.setup(config, workdir)
   val, tests, held = s.task.held_out_sets(config, s.splits, s.fmt)
   with runtime.locked(workdir), runtime.StopSignals() as stop_signals:

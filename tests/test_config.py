@@ -74,3 +74,19 @@ def test_values_that_cannot_be_meant_are_all_reported():
                    'model.dropout=1.5 must be a number in [0, 1)', 'selftrain.lr=nan',
                    'model.num_heads=0', 'eval_batch_size=12 is not divisible by the 8'):
     assert any(fragment in p for p in found), fragment
+
+
+def test_a_run_saved_before_the_layout_move_still_resumes_and_evaluates():
+  old = default.get_config().to_dict()  # As config.json and checkpoints store a config.
+  del old['model']['kind'], old['data']['tokenizer'], old['evals']
+  old['model']['vocab_size'] = 259
+  old['selftrain']['verifier'] = 'addition'
+  assert checks.config_changes(old, default.get_config()) == {}
+  old['model']['d_model'] = 32
+  assert checks.config_changes(old, default.get_config()) == {'model.d_model': (32, 64)}
+
+
+def test_nan_sampling_temperature_is_reported():
+  c = tiny.get_config()
+  c.sample.temperature = float('nan')
+  assert any('config.sample.temperature=nan' in p for p in checks.problems(c, 1))

@@ -52,6 +52,8 @@ def test_fusion_is_normalised_weighted_sum():
 
 @pytest.mark.parametrize('weights, message', [
     ({'prob': -1.0, 'entropy': 2.0}, 'must be >= 0'),
+    ({'prob': float('nan')}, 'must be >= 0 and finite'),
+    ({'prob': 1.0, 'margin': float('inf')}, 'must be >= 0 and finite'),
     ({'prob': 0.0, 'entropy': 0.0}, 'all 0'),
     ({'probb': 1.0}, r'config.feedback.weights has unknown source\(s\)'),
 ])

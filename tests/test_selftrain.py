@@ -12,6 +12,7 @@ from selffb.data import pipeline
 from selffb.data import tokenizers
 from selffb.feedback import scoring
 from selffb.feedback import signals
+from selffb.modes import dry_run
 from selffb.modes import sample as sample_mode
 from selffb.tasks import addition
 from selffb.tasks import addition_problems
@@ -99,6 +100,8 @@ def test_selftrain_inputs_are_checked_before_any_data_is_written(tmp_path):
   c.data.text.paths = str(tmp_path / 'a.txt')
   with pytest.raises(checks.ConfigError, match="task='text' has none"):
     selftrain.run_selftrain(c, str(tmp_path / 'run'))
+  with pytest.raises(checks.ConfigError, match="task='text' has none"):
+    dry_run.plan(c, str(tmp_path / 'run'), 'selftrain')  # The dry run checks as much.
   c = tiny.get_config()
   c.data.data_dir = str(tmp_path / 'data')
   c.selftrain.verifier = 'math:sqrt'
@@ -302,6 +305,9 @@ def test_eval_and_sample_modes_read_the_last_round(uninterrupted, data_dir):
   assert selftrain.model_dir(workdir) == os.path.join(workdir, 'rounds', 'r02')
   samples = sample_mode.sample_checkpoint(selftrain_config(data_dir), workdir, ['2100+3000='])
   assert samples[0]['tokens'] == 4 and samples[0]['ended']  # Cut at the aligned answer length.
+  for bad in ('abc', '+=', '21+3='):  # Would give a made-up answer, or NaN, if sampled.
+    with pytest.raises(ValueError, match='not an aligned addition problem'):
+      sample_mode.sample_checkpoint(None, workdir, [bad])
 
 
 def test_candidate_format_and_confidence():

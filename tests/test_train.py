@@ -242,3 +242,16 @@ def test_dry_run_counts_parameters_and_writes_nothing(tmp_path):
   assert plan['parameters'] == 259 * e + layers * per_block + 2 * e  # Tied embedding, final norm.
   assert plan['task'] == 'addition' and not plan['resumes']
   assert not os.listdir(tmp_path)  # No data, no workdir.
+
+
+@pytest.mark.slow
+def test_resuming_on_other_data_restarts_early_stopping(data_dir, tmp_path):
+  c = tiny_config(data_dir, num_steps=10)
+  train_mode.train_and_evaluate(c, str(tmp_path))
+  (tmp_path / 'corpus.txt').write_text('the quick brown fox jumps over the lazy dog. ' * 40)
+  c = tiny_config(str(tmp_path / 'data'), num_steps=20, eval_every=5)
+  c.data.update(task='text', seq_len=24)
+  c.data.text.paths = str(tmp_path / 'corpus.txt')
+  summary = train_mode.train_and_evaluate(c, str(tmp_path))
+  # The addition run's best (step 10) is not the text run's: validation restarted after it.
+  assert summary['steps'] == 20 and summary['best_step'] > 10

@@ -4,6 +4,8 @@ Token-level signals come from the model's own logits; sequence-level ones (a ver
 verdict, a recorded rating) arrive with the batch. The same `normalize_weights` and `fuse` serve
 the loss (per token) and the self-training candidate scores (per candidate).
 """
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -60,9 +62,9 @@ def normalize_weights(weights, known, key):
   unknown = sorted(set(weights) - set(known))
   if unknown:
     raise ValueError(f'{key} has unknown source(s) {unknown}; known: {tuple(known)}.')
-  negative = {k: w for k, w in weights.items() if w < 0}
+  negative = {k: w for k, w in weights.items() if not 0 <= w < math.inf}  # NaN too.
   if negative:
-    raise ValueError(f'{key} must be >= 0, got {negative}.')
+    raise ValueError(f'{key} must be >= 0 and finite, got {negative}.')
   total = sum(weights.values())
   if total <= 0:
     raise ValueError(f'{key} are all 0: give at least one source a positive weight '

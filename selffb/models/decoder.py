@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from selffb import errors
 from selffb.models import attention
 from selffb.models import layers
 
@@ -178,8 +179,10 @@ def forward(module, params, batch, rngs=None):
 def check_decode(cfg, prompt_len, max_new_tokens):
   """Raises ValueError when prompts of prompt_len plus the new tokens cannot be decoded."""
   if cfg.positions == 'learned' and prompt_len + max_new_tokens > cfg.max_len:
-    raise ValueError(f'prompts of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceed '
-                     f'config.model.max_len={cfg.max_len} (learned positions).')
+    raise errors.InputError(
+        f'prompts of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceed '
+        f'config.model.max_len={cfg.max_len}, the positions this model learned: lower '
+        'config.sample.max_new_tokens or shorten the prompts.')
 
 
 def prefill(module, params, tokens_BxP, pos_BxP, cache):

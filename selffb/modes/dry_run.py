@@ -6,6 +6,8 @@ import os
 import jax
 from absl import logging
 
+from selffb import selftrain
+from selffb.modes import run_config
 from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 
@@ -13,12 +15,16 @@ from selffb.train import state as state_lib
 def plan(config, workdir, mode):
   """Checks `config`, counts the parameters without materialising them, logs the plan and
   returns it as a dict."""
+  if mode in ('eval', 'sample'):
+    config = run_config.load(config, workdir)
+  elif mode == 'selftrain':
+    selftrain.check_inputs(config)
   s = setup_lib.setup(config, workdir, with_data=False)
   shapes = jax.tree.leaves(state_lib.abstract_params(s))
   c = config
   summary = {
       'mode': mode, 'workdir': os.path.abspath(workdir),
-      'resumes': os.path.isdir(os.path.join(workdir, 'checkpoints')),
+      'resumes': any(os.path.isdir(os.path.join(workdir, d)) for d in ('checkpoints', 'rounds')),
       'model': c.model.kind, 'parameters': sum(math.prod(x.shape) for x in shapes),
       'vocab_size': s.tokenizer.vocab_size, 'task': c.data.task,
       'data_dir': c.data.data_dir or os.path.join(workdir, 'data'),

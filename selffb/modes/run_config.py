@@ -38,7 +38,7 @@ def load(config, workdir):
   never evaluated under settings it was not trained with.
   """
   before = saved(workdir)
-  run = ml_collections.ConfigDict(before)
+  run = ml_collections.ConfigDict(checks.unflatten(checks.migrate(before)))
   if config is None:
     run.lock()
     return run

@@ -37,8 +37,11 @@ def sample_checkpoint(config, workdir, texts):
   sp = sampling.SamplingParams.from_config(config.sample)
   if not texts:
     raise errors.InputError('no prompts: pass --prompt="..." (repeatable) or --prompts_file=PATH.')
-  step, params, _ = state_lib.restore_best_params(s, selftrain.model_dir(workdir))
+  for text in texts:  # Every prompt is checked before the checkpoint is read.
+    s.fmt.check_prompt(text)
   prompts = [s.tokenizer.encode_prompt(t) for t in texts]
+  s.model.check_decode(s.model_cfg, max(len(p) for p in prompts), sp.max_new_tokens)
+  step, params, _ = state_lib.restore_best_params(s, selftrain.model_dir(workdir))
   outs = sampling.generate(params, prompts, model=s.model, cfg=s.model_cfg, sp=sp,
                            eos_id=s.tokenizer.eos_id, pad_id=s.tokenizer.pad_id,
                            seed=config.sample.seed, mesh=s.mesh,

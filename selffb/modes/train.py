@@ -22,10 +22,12 @@ def train_and_evaluate(config, workdir):
     evals = evaluators.build(config.evals, s)
     results = evaluators.run(evals, best_params)
     summary.update(results)
-    writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
-                                      keep_until=summary['steps'])
-    writer.write(summary['steps'], metrics_lib.flatten(results))
-    writer.close()
+    flat = metrics_lib.flatten(results)
+    if flat:
+      writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                        keep_until=summary['steps'])
+      writer.write(summary['steps'], flat)
+      writer.close()
     report(summary, {name: evals[name].describe(r) for name, r in results.items()})
     runtime.write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary

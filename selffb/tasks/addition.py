@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from selffb import errors
 from selffb.data import builders
 from selffb.data import pipeline
 from selffb.tasks import addition_problems as problems
@@ -19,6 +20,7 @@ BATCH_KEYS, EVAL_KEYS = seq.BATCH_KEYS, seq.EVAL_KEYS
 train_dataset, eval_batches = seq.train_dataset, seq.eval_batches
 loss_fn, eval_sums, example_length = seq.loss_fn, seq.eval_sums, seq.example_length
 SUPPORTS_SELFTRAIN = True
+DATA_KEYS = ('data.addition.',)  # What makes the records; a change restarts early stopping.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,14 @@ class AlignedFormat(seq.SequenceFormat):
 
   def answer_length(self, prompt):
     return len(prompt.split('+')[0])
+
+  def check_prompt(self, prompt):
+    parts = prompt[:-1].split('+') if prompt.endswith('=') else []
+    if (len(parts) != 2 or not all(p.isdigit() and p.isascii() for p in parts)
+        or len(parts[0]) != len(parts[1])):
+      raise errors.InputError(
+          f'prompt {prompt!r} is not an aligned addition problem: both operands reversed and '
+          "zero-padded to the same length, then '=' (12 + 43 is '210+340=').")
 
 
 def batch_format(config):

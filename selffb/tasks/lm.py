@@ -14,6 +14,7 @@ BATCH_KEYS, EVAL_KEYS = seq.BATCH_KEYS, seq.EVAL_KEYS
 train_dataset, eval_batches = seq.train_dataset, seq.eval_batches
 loss_fn, eval_sums, example_length = seq.loss_fn, seq.eval_sums, seq.example_length
 SUPPORTS_SELFTRAIN = False
+DATA_KEYS = ('data.text.', 'data.seq_len')  # What makes the records (seq_len cuts the chunks).
 
 
 def batch_format(config):

@@ -35,6 +35,10 @@ class SequenceFormat:
     del prompt
     return None
 
+  def check_prompt(self, prompt):
+    """Raises errors.InputError for a prompt this format cannot continue (any text can here)."""
+    del prompt
+
 
 def encode_batch(records, tokenizer, seq_len, fmt=SequenceFormat(), shifts=None):
   """Records -> {'inputs', 'targets', 'positions', 'loss_mask', 'digits'}, right-padded to seq_len.

@@ -121,10 +121,41 @@ def _flat(d, prefix=''):
   return out
 
 
+# Saved configs from before the layout move (issue 16): keys it added, with the values those
+# runs had, and the key it removed (the vocabulary now comes from the tokenizer).
+_ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
+          'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*'}
+_REMOVED = ('model.vocab_size',)
+_RENAMED_VALUES = {('selftrain.verifier', 'addition'): 'task'}
+
+
+def migrate(saved):
+  """A saved config dict as flat {key: value}, brought up to the current layout."""
+  flat = {k: v for k, v in _flat(saved).items() if k not in _REMOVED}
+  if not any(k.startswith('evals.') for k in flat):
+    flat.update({k: v for k, v in _ADDED.items() if k.startswith('evals.')})
+  for key, value in _ADDED.items():
+    flat.setdefault(key, value)
+  return {k: _RENAMED_VALUES.get((k, v), v) if isinstance(v, str) else v
+          for k, v in flat.items()}
+
+
+def unflatten(flat):
+  nested = {}
+  for key, value in flat.items():
+    *path, leaf = key.split('.')
+    node = nested
+    for part in path:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return nested
+
+
 def config_changes(saved, current):
   """{key: (saved value, current value)} for every flat key where a saved config dict (from a
-  checkpoint) and the current ConfigDict differ; a tuple equals the list JSON made of it."""
-  before, after = _flat(saved), _flat(current.to_dict())
+  checkpoint or config.json, migrated) and the current ConfigDict differ; a tuple equals the
+  list JSON made of it."""
+  before, after = migrate(saved), _flat(current.to_dict())
   return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
           if before.get(k) != after.get(k)
           and not (isinstance(after.get(k), (list, tuple)) and list(after[k]) == before.get(k))}

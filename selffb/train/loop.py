@@ -105,12 +105,25 @@ class _Run:
 
 
 def _check_resume(manager, config, params):
+  """The settings changed since the newest checkpoint (raises where it cannot resume)."""
   saved = checkpoint.saved_config(manager)
-  if saved is not None:
-    changed = checks.resume_changes(saved, config, params)
-    if changed:
-      logging.warning('resuming with changed settings: %s', ', '.join(
-          f'{k} {v[0]!r} -> {v[1]!r}' for k, v in changed.items()))
+  changed = {} if saved is None else checks.resume_changes(saved, config, params)
+  if changed:
+    logging.warning('resuming with changed settings: %s', ', '.join(
+        f'{k} {v[0]!r} -> {v[1]!r}' for k, v in changed.items()))
+  return changed
+
+
+def _forget_best(book, changed, task):
+  """Early stopping starts afresh when the task or its data changed (the seed, the task, or one
+  of the task's DATA_KEYS): the best parameters and validation CE so far belong to other data.
+  Returns whether it did."""
+  data = [k for k in changed if k.startswith(('seed', 'data.task') + task.DATA_KEYS)]
+  if data:
+    logging.warning('the data changed since the checkpoint (%s): early stopping starts afresh '
+                    'and the best parameters so far are dropped.', ', '.join(data))
+    book.update(best_val_ce=float('inf'), best_step=0, bad_evals=0, stopped=False)
+  return bool(data)
 
 
 def _data(s):
@@ -131,7 +144,7 @@ def _start(s, workdir, init_params, keep_best, progress_args):
   logging.info('model: %s parameters; train seq_len %d; mesh %s', f'{n_params:,}', s.seq_len,
                dict(s.mesh.shape))
   manager = checkpoint.make_manager(workdir, config.train.max_checkpoints)
-  _check_resume(manager, config, state.params)
+  changed = _check_resume(manager, config, state.params)
   p_train, p_eval = step_lib.compile_steps(s, state_sh)
   train_iter, val_batches = _data(s)
   book = {'best_val_ce': float('inf'), 'best_step': 0, 'bad_evals': 0, 'stopped': False,
@@ -145,6 +158,8 @@ def _start(s, workdir, init_params, keep_best, progress_args):
   if restored is not None:
     step, state, best_params, data_state, book = restored
     train_iter.set_state(data_state)
+    if _forget_best(book, changed, s.task):
+      best_params = state.params
     logging.info('resumed from the checkpoint at step %d in %s', step, workdir)
   step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0, keep_until=step)
