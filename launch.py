@@ -94,5 +94,23 @@ def _run_mode():
     sample.sample_checkpoint(_CONFIG.value, _WORKDIR.value, prompts)
 
 
+def _run_app():
+  """app.run(main), with an override that names no config key (a typo) reported as one line:
+  ml_collections raises it while absl parses the flags, before main starts."""
+  started = []
+  try:
+    app.run(lambda argv: started.append(1) or main(argv))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if started:
+      raise
+    message = e
+    while isinstance(message, BaseException) and message.args:  # AttributeError(KeyError(..)).
+      message = message.args[0]
+    message = str(message).replace('\n', '. ')
+    print(f'error: a --config override names no config key: {message} (--dry_run --verbose '
+          'prints every key)', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  _run_app()
