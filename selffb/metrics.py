@@ -5,6 +5,15 @@ import os
 import tensorboardX
 
 
+def flatten(d, sep='/', prefix=''):
+  """A nested dict as {'a<sep>b<sep>c': value}: metric names, or config keys with sep='.'."""
+  flat = {}
+  for k, v in d.items():
+    name = f'{prefix}{k}'
+    flat.update(flatten(v, sep, name + sep) if isinstance(v, dict) else {name: v})
+  return flat
+
+
 class MetricWriter:
 
   def __init__(self, workdir, enabled=True, keep_until=0):
@@ -40,12 +49,3 @@ def _step(row):
     return json.loads(row)['step']
   except (ValueError, KeyError):
     return float('inf')
-
-
-def flatten(results, prefix=''):
-  """Nested metric dicts as {'a/b/c': value}."""
-  flat = {}
-  for k, v in results.items():
-    name = f'{prefix}{k}'
-    flat.update(flatten(v, name + '/') if isinstance(v, dict) else {name: v})
-  return flat

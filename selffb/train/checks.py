@@ -11,6 +11,7 @@ import ml_collections
 
 from selffb import errors
 from selffb import evaluators
+from selffb import metrics
 from selffb import models
 from selffb import optim
 from selffb import sampling
@@ -114,13 +115,6 @@ def check_config(config, num_devices=None):
     raise ConfigError(f'the config has {len(found)} problem(s):\n  - ' + '\n  - '.join(found))
 
 
-def _flat(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
-  return out
-
-
 # Saved configs from before the layout move (issue 16): keys it added, with the values those
 # runs had, and the key it removed (the vocabulary now comes from the tokenizer).
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
@@ -131,7 +125,7 @@ _RENAMED_VALUES = {('selftrain.verifier', 'addition'): 'task'}
 
 def migrate(saved):
   """A saved config dict as flat {key: value}, brought up to the current layout."""
-  flat = {k: v for k, v in _flat(saved).items() if k not in _REMOVED}
+  flat = {k: v for k, v in metrics.flatten(saved, '.').items() if k not in _REMOVED}
   if not any(k.startswith('evals.') for k in flat):
     flat.update({k: v for k, v in _ADDED.items() if k.startswith('evals.')})
   for key, value in _ADDED.items():
@@ -155,7 +149,7 @@ def config_changes(saved, current):
   """{key: (saved value, current value)} for every flat key where a saved config dict (from a
   checkpoint or config.json, migrated) and the current ConfigDict differ; a tuple equals the
   list JSON made of it."""
-  before, after = migrate(saved), _flat(current.to_dict())
+  before, after = migrate(saved), metrics.flatten(current.to_dict(), '.')
   return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
           if before.get(k) != after.get(k)
           and not (isinstance(after.get(k), (list, tuple)) and list(after[k]) == before.get(k))}
