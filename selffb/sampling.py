@@ -18,6 +18,7 @@ from flax import struct
 from jax.experimental import multihost_utils
 
 from selffb import sharding
+from selffb.data import pipeline
 
 _MIN_BUCKET = 8
 
@@ -165,11 +166,10 @@ def generate(params, prompts, *, model, cfg, sp, eos_id, pad_id, seed=0, mesh=No
   model.check_decode(cfg, longest, sp.max_new_tokens)
   shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
   rows = -(-len(prompts) // shards) * shards
-  extra = rows - len(prompts)
-  padded = list(prompts) + [prompts[0]] * extra
   if positions is not None:
-    positions = list(positions) + [positions[0]] * extra
-  tokens, pos = left_pad(padded, pad_id, prompt_len or bucket(longest), positions)
+    positions = pipeline.pad_rows(positions, rows)
+  tokens, pos = left_pad(pipeline.pad_rows(prompts, rows), pad_id, prompt_len or bucket(longest),
+                         positions)
   if mesh is not None:
     placed = sharding.put_global(mesh, {'tokens': tokens, 'pos': pos})
     tokens, pos = placed['tokens'], placed['pos']
@@ -184,3 +184,20 @@ def generate(params, prompts, *, model, cfg, sp, eos_id, pad_id, seed=0, mesh=No
     n = ends[0] + 1 if len(ends) else len(row)
     results.append((row[:n], lp[:n]))
   return results
+
+
+def generate_batches(params, prompts, positions, *, batch_size, prompt_len=None,
+                     seed_of=lambda start: 0, **kw):
+  """`generate` over batches of exactly `batch_size` rows (the last filled with copies of its
+  first) and one prompt bucket (`prompt_len`, default these prompts'), so the sampler compiles
+  once; the batch starting at prompt `start` draws with seed `seed_of(start)`. `kw` are
+  `generate`'s. Returns one (tokens, logprobs) per prompt, in order."""
+  prompt_len = prompt_len or bucket(max(len(p) for p in prompts))
+  outs = []
+  for start in range(0, len(prompts), batch_size):
+    rows = slice(start, start + batch_size)
+    got = generate(params, pipeline.pad_rows(prompts[rows], batch_size), seed=seed_of(start),
+                   prompt_len=prompt_len,
+                   positions=pipeline.pad_rows(positions[rows], batch_size), **kw)
+    outs.extend(got[:len(prompts) - start])
+  return outs

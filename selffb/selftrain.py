@@ -93,20 +93,12 @@ def _generate(run, params, texts, level, r):
   s, st, tok = run.s, run.s.config.selftrain, run.s.tokenizer
   sp = sampling.SamplingParams(temperature=float(st.temperature), top_k=int(st.top_k),
                                max_new_tokens=s.task.max_answer_tokens(level, s.fmt))
-  prompts = [tok.encode_prompt(t) for t in texts]
-  prompt_len = sampling.bucket(max(len(p) for p in prompts))
-  bs, k = s.config.data.eval_batch_size, st.samples_per_prompt
-  flat = [p for p in prompts for _ in range(k)]
-  ids = [s.fmt.position_ids(p, tok) for p in prompts for _ in range(k)]
-  outs = []
-  for start in range(0, len(flat), bs):
-    got = sampling.generate(params, pipeline.pad_rows(flat[start:start + bs], bs),
-                            model=s.model, cfg=s.model_cfg, sp=sp, eos_id=tok.eos_id,
-                            pad_id=tok.pad_id, seed=hash_seed(s.config.seed, r, start),
-                            mesh=s.mesh, prompt_len=prompt_len,
-                            positions=pipeline.pad_rows(ids[start:start + bs], bs))
-    outs.extend(got[:len(flat) - start])
-  return outs
+  prompts = [tok.encode_prompt(t) for t in texts for _ in range(st.samples_per_prompt)]
+  return sampling.generate_batches(
+      params, prompts, [s.fmt.position_ids(p, tok) for p in prompts],
+      batch_size=s.config.data.eval_batch_size,
+      seed_of=lambda start: hash_seed(s.config.seed, r, start), model=s.model, cfg=s.model_cfg,
+      sp=sp, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=s.mesh)
 
 
 def _score(run, text, samples, level):

@@ -21,19 +21,17 @@ def greedy_exact_match(s, params, sources, batch_size):
       len(r['answer']) for rs in records.values() for r in rs))
   results = {}
   for name, rs in records.items():
+    outs = sampling.generate_batches(
+        params, prompts[name], positions[name], batch_size=batch_size, prompt_len=prompt_len,
+        model=s.model, cfg=s.model_cfg, sp=sp, eos_id=tok.eos_id, pad_id=tok.pad_id,
+        mesh=s.mesh)
     correct = 0
-    for start in range(0, len(rs), batch_size):
-      batch = slice(start, start + batch_size)
-      outs = sampling.generate(
-          params, pipeline.pad_rows(prompts[name][batch], batch_size), model=s.model,
-          cfg=s.model_cfg, sp=sp, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=s.mesh,
-          prompt_len=prompt_len, positions=pipeline.pad_rows(positions[name][batch], batch_size))
-      for r, (tokens, _) in zip(rs[batch], outs):
-        answer = r['answer'].decode()
-        if fmt.eos:
-          correct += bool(tokens[-1] == tok.eos_id and tok.decode(tokens) == answer)
-        else:
-          correct += tok.decode(tokens[:len(answer)]) == answer
+    for r, (tokens, _) in zip(rs, outs):
+      answer = r['answer'].decode()
+      if fmt.eos:
+        correct += bool(tokens[-1] == tok.eos_id and tok.decode(tokens) == answer)
+      else:
+        correct += tok.decode(tokens[:len(answer)]) == answer
     results[name] = correct / len(rs)
   return results
 

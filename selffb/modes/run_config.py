@@ -6,6 +6,7 @@ import os
 
 import ml_collections
 
+from selffb import metrics
 from selffb.train import checks
 
 # Keys (or sections, ending with '.') --config may change at evaluation or sampling time.
@@ -38,23 +39,17 @@ def load(config, workdir):
   never evaluated under settings it was not trained with.
   """
   before = saved(workdir)
-  run = ml_collections.ConfigDict(checks.unflatten(checks.migrate(before)))
-  if config is None:
-    run.lock()
-    return run
-  changed = checks.config_changes(before, config)
-  fixed = [k for k in changed if k.startswith(FIXED) and not _changeable(k)]
-  if fixed:
-    raise checks.ConfigError(
-        f'the run in {workdir} was trained with other settings than --config gives: ' +
-        ', '.join(f'{k} {changed[k][0]!r} (run) vs {changed[k][1]!r}' for k in fixed) +
-        ". eval and sample read the run's own config: drop --config, or those overrides.")
-  with run.unlocked():
-    for key in (k for k in changed if _changeable(k) and None not in changed[k]):
-      *path, leaf = key.split('.')
-      node_run, node_new = run, config
-      for p in path:
-        node_run, node_new = node_run[p], node_new[p]
-      node_run[leaf] = node_new[leaf]
+  flat = checks.migrate(before)
+  if config is not None:
+    changed = checks.config_changes(before, config)
+    fixed = [k for k in changed if k.startswith(FIXED) and not _changeable(k)]
+    if fixed:
+      raise checks.ConfigError(
+          f'the run in {workdir} was trained with other settings than --config gives: ' +
+          ', '.join(f'{k} {changed[k][0]!r} (run) vs {changed[k][1]!r}' for k in fixed) +
+          ". eval and sample read the run's own config: drop --config, or those overrides.")
+    flat.update((k, v) for k, v in metrics.flatten(config.to_dict(), '.').items()
+                if _changeable(k))
+  run = ml_collections.ConfigDict(checks.unflatten(flat))
   run.lock()
   return run
