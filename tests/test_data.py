@@ -71,7 +71,7 @@ def tiny_splits(tmp_path_factory):
   return c, addition.load_splits(c, c.data.data_dir)
 
 
-def test_builder_writes_what_the_generator_says(tiny_splits):
+def test_splits_hold_what_the_generator_says_and_nothing_is_written(tiny_splits):
   c, splits = tiny_splits
   a = c.data.addition
   want = addition_problems.addition_splits(a.min_digits, a.max_digits, a.num_train,
@@ -79,23 +79,26 @@ def test_builder_writes_what_the_generator_says(tiny_splits):
                                            c.seed)
   assert set(splits) == set(want)
   for name, pairs in want.items():
-    got = sorted((r['prompt'].decode(), r['answer'].decode()) for r in pipeline.read_all(
-        splits[name]))
-    expected = sorted(tuple(addition_problems.addition_example(x, y).values()) for x, y in pairs)
+    got = [(r['prompt'].decode(), r['answer'].decode()) for r in pipeline.read_all(splits[name])]
+    expected = [tuple(addition_problems.addition_example(x, y).values()) for x, y in pairs]
     assert got == expected, name
+  assert not os.listdir(c.data.data_dir)
 
 
-def test_same_settings_reuse_the_written_data(tiny_splits):
-  c, splits = tiny_splits
-  files = sorted(os.listdir(c.data.data_dir + '/reversed_addition'))
-  again = addition.load_splits(c, c.data.data_dir)
-  assert sorted(os.listdir(c.data.data_dir + '/reversed_addition')) == files
-  c2 = tiny.get_config()
-  c2.data.data_dir = c.data.data_dir
-  c2.data.addition.num_train = 300
-  addition.load_splits(c2, c2.data.data_dir)  # Different settings: a second dataset beside it.
-  assert len(os.listdir(c.data.data_dir + '/reversed_addition')) == len(files) + 1
-  assert len(again['train']) == 512
+def test_each_split_draws_from_its_own_stream():
+  kw = dict(min_digits=1, max_digits=3, num_train=500, num_validation=50, num_test=20, seed=3)
+  base = addition_problems.addition_splits(test_digits=[4, 5], **kw)
+  # More test lengths beyond the training range, or fewer: train and validation stay the same.
+  for other in ([4, 5, 6, 7], [5], [9, 4, 5]):
+    more = addition_problems.addition_splits(test_digits=other, **kw)
+    assert more['train'] == base['train'] and more['validation'] == base['validation'], other
+    assert more['test_5'] == base['test_5']
+  # Another seed moves every split.
+  moved = addition_problems.addition_splits(test_digits=[4, 5], **dict(kw, seed=4))
+  assert all(moved[k] != base[k] for k in base)
+  # A test length inside the training range takes its problems out of train and validation.
+  inside = addition_problems.addition_splits(test_digits=[2, 4, 5], **kw)
+  assert not set(inside['test_2']) & (set(inside['train']) | set(inside['validation']))
 
 
 def test_iterator_state_restores_the_stream(tiny_splits):

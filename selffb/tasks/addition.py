@@ -1,17 +1,15 @@
 """The built-in task: reversed addition, rev(a) + rev(b) = rev(a + b), with its self-training hooks.
 
-Records are `{'prompt': '<rev a>+<rev b>=', 'answer': '<rev sum>', 'digits': n}` written once
-as an ArrayRecord dataset; batches, loss and teacher-forced sums are the decoder-LM ones of
-`tasks/seq.py`. Self-training draws problems one digit longer each round, verifies answers
+Records are `{'prompt': '<rev a>+<rev b>=', 'answer': '<rev sum>', 'digits': n}`, generated in
+memory; batches, loss and teacher-forced sums are the decoder-LM ones of `tasks/seq.py`.
+Self-training draws problems one digit longer each round, verifies answers
 exactly, and judges an answer's form (digits, length) without knowing the sum.
 """
 import dataclasses
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from selffb import errors
-from selffb.data import builders
 from selffb.data import pipeline
 from selffb.tasks import addition_problems as problems
 from selffb.tasks import seq
@@ -63,37 +61,22 @@ def aligned(fmt):
   return isinstance(fmt, AlignedFormat)
 
 
-class ReversedAddition(tfds.core.GeneratorBasedBuilder):
-  """The problems as an ArrayRecord dataset; one builder config per distinct setting."""
-  VERSION = tfds.core.Version('1.0.0')
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'prompt': tfds.features.Text(), 'answer': tfds.features.Text(),
-        'digits': np.int32}))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    settings = builders.settings_of(self)
-    is_aligned = settings.pop('aligned', False)
-    splits = problems.addition_splits(**settings)
-    return {name: self._generate_examples(pairs, is_aligned) for name, pairs in splits.items()}
-
-  def _generate_examples(self, pairs, is_aligned):
-    for i, (a, b) in enumerate(pairs):
-      yield i, dict(problems.addition_example(a, b, is_aligned),
-                    digits=max(len(str(a)), len(str(b))))
-
-
 def load_splits(config, data_dir):
-  """{split name: random-access source}: train, validation and test_<n> per test length."""
+  """{split name: random-access source}: train, validation and test_<n> per test length, generated
+  in memory (a fraction of a second; writing them as ArrayRecord took longer than the first 100
+  steps). `data_dir` is unused: the problems are a pure function of config.data.addition and the
+  seed, so every host makes the same ones."""
+  del data_dir
   a = config.data.addition
-  settings = dict(min_digits=a.min_digits, max_digits=a.max_digits, num_train=a.num_train,
-                  num_validation=a.num_validation, num_test=a.num_test,
-                  test_digits=list(a.test_digits), seed=config.seed)
-  if a.format == 'aligned':  # Plain settings keep the hash (and dataset) they always had.
-    settings['aligned'] = True
-  return builders.build(ReversedAddition, settings, data_dir)
+  splits = problems.addition_splits(a.min_digits, a.max_digits, a.num_train, a.num_validation,
+                                    a.num_test, list(a.test_digits), config.seed)
+  return {name: pipeline.ListSource(_records(pairs, a.format == 'aligned'))
+          for name, pairs in splits.items()}
+
+
+def _records(pairs, is_aligned):
+  return [to_record(**problems.addition_example(a, b, is_aligned),
+                    digits=max(len(str(a)), len(str(b)))) for a, b in pairs]
 
 
 def config_problems(config):
@@ -166,8 +149,7 @@ def held_out_sets(config, splits, fmt):
                 (problems.operands_of_length(n) ** 2 - len(test_pairs[n])) // 2)
     pairs = problems.distinct_pairs(rng, count, lambda n=n: (n, n), held)
     held.update(pairs)
-    val[n] = pipeline.ListSource([to_record(**problems.addition_example(a, b, aligned(fmt)),
-                                            digits=n) for a, b in pairs])
+    val[n] = pipeline.ListSource(_records(pairs, aligned(fmt)))
   return val, tests, held
 
 

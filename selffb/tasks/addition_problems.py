@@ -66,6 +66,15 @@ def _train_pairs(rng, count, min_digits, max_digits, held_out):
   return train[:count]
 
 
+SPLIT_STREAMS = {'test': 1, 'validation': 2, 'train': 3}  # Each split's own random stream.
+
+
+def split_rng(seed, split, digits=0):
+  """The random stream of one split: drawing another split (or adding a test length) never
+  moves it."""
+  return np.random.default_rng([seed, SPLIT_STREAMS[split], digits])
+
+
 def addition_splits(min_digits, max_digits, num_train, num_validation, num_test, test_digits,
                     seed):
   """Deterministic problem lists: {'train': [(a, b)], 'validation': ..., 'test_<n>': ...}.
@@ -73,16 +82,18 @@ def addition_splits(min_digits, max_digits, num_train, num_validation, num_test,
   Each test_<n> has both operands n digits long; where there are few such problems (n = 1, 2)
   it takes at most half of them, so training still sees the rest. Train and validation draw each
   operand's length independently from [min_digits, max_digits] and never repeat a test problem.
+  Every split draws from its own stream (`split_rng`): a test length outside the training range
+  changes neither the training nor the validation problems; one inside it only removes its
+  problems from them.
   """
   if not 1 <= min_digits <= max_digits:
     raise ValueError(f'addition digits range [{min_digits}, {max_digits}] is empty.')
-  rng = np.random.default_rng(seed)
   splits, held_out = {}, set()
   for n in test_digits:
     count = min(num_test, operands_of_length(n) ** 2 // 2)
-    splits[f'test_{n}'] = distinct_pairs(rng, count, lambda n=n: (n, n), held_out)
+    splits[f'test_{n}'] = distinct_pairs(split_rng(seed, 'test', n), count,
+                                         lambda n=n: (n, n), held_out)
     held_out.update(splits[f'test_{n}'])
-  lengths = lambda: tuple(rng.integers(min_digits, max_digits + 1, size=2))
   capacity = sum(operands_of_length(d) for d in range(min_digits, max_digits + 1))
   free = capacity ** 2 - len(held_out)  # Problems neither a test nor (yet) validation.
   if num_validation >= free:
@@ -90,9 +101,12 @@ def addition_splits(min_digits, max_digits, num_train, num_validation, num_test,
         f'{num_validation} distinct validation problems requested but operands of '
         f'{min_digits}..{max_digits} digits leave {free} outside the test sets and training '
         'needs some too; lower num_validation or num_test.')
+  rng = split_rng(seed, 'validation')
+  lengths = lambda: tuple(rng.integers(min_digits, max_digits + 1, size=2))
   splits['validation'] = distinct_pairs(rng, num_validation, lengths, held_out)
   held_out.update(splits['validation'])
-  splits['train'] = _train_pairs(rng, num_train, min_digits, max_digits, held_out)
+  splits['train'] = _train_pairs(split_rng(seed, 'train'), num_train, min_digits, max_digits,
+                                 held_out)
   return splits
 
 
