@@ -2,6 +2,7 @@
 import logging as std_logging
 import os
 import sys
+import warnings
 
 from absl import app
 from absl import flags
@@ -30,6 +31,12 @@ _PROMPT = flags.DEFINE_multi_string('prompt', [], 'sample mode: a prompt (repeat
 _PROMPTS_FILE = flags.DEFINE_string('prompts_file', None, 'sample mode: a file, one prompt a line.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Check the config and build the model abstractly, '
                               'print the parameter count and the plan, write nothing.')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache',
+    os.environ.get('JAX_COMPILATION_CACHE_DIR',
+                   os.path.join(os.path.expanduser('~'), '.cache', 'selffb', 'jax')),
+    "JAX's persistent compilation cache: a rerun of the same command loads its compiled steps "
+    "instead of compiling them; '' turns it off.")
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Also print the whole config (it is always '
                              'written to workdir/config.json).')
 flags.mark_flags_as_required(['workdir'])
@@ -57,8 +64,15 @@ def main(argv):
     from selffb.cpu import host_memory  # pylint: disable=g-import-not-at-top
     logging.info('host memory reuse (glibc malloc settings): %s',
                  'on' if host_memory.reuse_freed_memory() else 'unavailable, not glibc')
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COMPILATION_CACHE.value:
+    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+    # XLA:CPU cannot serialise oneDNN-fused executables (train.xla_cpu_onednn's train and eval
+    # steps): those are compiled each run, as without the cache; the rest is loaded.
+    warnings.filterwarnings('ignore', message='Error writing persistent compilation cache entry '
+                            '.*onednn-fusion')
   if _MULTIHOST.value:
-    import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info('process %d of %d; %d local and %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())

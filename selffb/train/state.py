@@ -9,6 +9,7 @@ from flax import struct
 
 from selffb import checkpoint
 from selffb import sharding
+from selffb.train import compiled
 
 
 @struct.dataclass
@@ -31,11 +32,16 @@ def _boxed_init(s, seq_len):
 
 def init_state(s, rng):
   """(state, shardings): parameters and their optimizer moments sharded by the logical-axis
-  rules."""
-  boxed_init = _boxed_init(s, s.seq_len)
-  shardings = sharding.state_shardings(jax.eval_shape(boxed_init, rng), s.mesh,
-                                       sharding.logical_rules(s.config.mesh))
-  init = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=shardings)
+  rules. The parameters do not depend on the example's length, so the jitted init takes a
+  one-token example and is built once per static signature (train/compiled.py)."""
+
+  def build():
+    boxed_init = _boxed_init(s, 1)
+    shardings = sharding.state_shardings(jax.eval_shape(boxed_init, rng), s.mesh,
+                                         sharding.logical_rules(s.config.mesh))
+    return jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=shardings), shardings
+
+  init, shardings = compiled.cached('init', s, build)
   return init(rng), shardings
 
 

@@ -10,6 +10,7 @@ import optax
 from selffb import optim
 from selffb import sharding
 from selffb.cpu import xla_flags
+from selffb.train import compiled
 
 
 def global_norm(tree):
@@ -66,25 +67,26 @@ def apply_fn(s, training=False):
 
 def jit_train_step(s, state_shardings):
   """train_step bound to Setup `s` (training mode: dropout on), jitted with the state's
-  shardings, the batch split over the mesh, the state donated, and the XLA options."""
+  shardings, the batch split over the mesh, the state donated, and the XLA options; one per
+  static signature (train/compiled.py)."""
   repl, batch_sh = sharding.replicated(s.mesh), sharding.batch_sharding(s.mesh)
   loss_fn = functools.partial(s.task.loss_fn, fb=s.fb)
-  return jax.jit(functools.partial(train_step, apply_fn=apply_fn(s, training=True),
-                                   loss_fn=loss_fn, tx=s.tx,
-                                   accum_steps=s.config.train.grad_accum_steps),
-                 in_shardings=(state_shardings, batch_sh, repl),
-                 out_shardings=(state_shardings, repl), donate_argnums=0,
-                 compiler_options=xla_flags.for_mesh(s.config, s.mesh))
+  return compiled.cached('train_step', s, lambda: jax.jit(
+      functools.partial(train_step, apply_fn=apply_fn(s, training=True), loss_fn=loss_fn,
+                        tx=s.tx, accum_steps=s.config.train.grad_accum_steps),
+      in_shardings=(state_shardings, batch_sh, repl), out_shardings=(state_shardings, repl),
+      donate_argnums=0, compiler_options=xla_flags.for_mesh(s.config, s.mesh)))
 
 
 def jit_eval_step(s, params_sharding=None):
   """eval_step for Setup `s` with its XLA options; sharded like the training state when
-  `params_sharding` is given, else placed by its inputs."""
+  `params_sharding` is given, else placed by its inputs; one per static signature."""
   shardings = {} if params_sharding is None else dict(
       in_shardings=(params_sharding, sharding.batch_sharding(s.mesh)),
       out_shardings=sharding.replicated(s.mesh))
-  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn(s), eval_fn=s.task.eval_sums),
-                 compiler_options=xla_flags.for_mesh(s.config, s.mesh), **shardings)
+  return compiled.cached(f'eval_step sharded={bool(shardings)}', s, lambda: jax.jit(
+      functools.partial(eval_step, apply_fn=apply_fn(s), eval_fn=s.task.eval_sums),
+      compiler_options=xla_flags.for_mesh(s.config, s.mesh), **shardings))
 
 
 def compile_steps(s, state_shardings):
