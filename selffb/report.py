@@ -70,6 +70,14 @@ def write(workdir, rows):
   writer.writerows(_flat_rows(rows))
   runtime.write_text(os.path.join(workdir, 'rounds.csv'), table.getvalue())
   runtime.write_text(os.path.join(workdir, 'rounds.md'), _LEGEND + markdown(rows) + '\n')
+  fig = figure(rows)
+  fig.savefig(os.path.join(workdir, 'accuracy.png'), dpi=100)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt.close(fig)
+
+
+def figure(rows):
+  """Test exact match against digits, a line a round (and the control's last round)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -90,5 +98,4 @@ def write(workdir, rows):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # Outside: covers no line.
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, 'accuracy.png'), dpi=100)
-  plt.close(fig)
+  return fig

@@ -1,3 +1,5 @@
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -253,3 +255,17 @@ def test_bad_model_config(key, value, message):
   c[key] = value
   with pytest.raises(ValueError, match=message):
     decoder.Config.from_config(c, VOCAB)
+
+
+def test_decoding_past_max_len_is_refused_with_learned_positions_and_warned_otherwise(
+    monkeypatch):
+  warned = []
+  monkeypatch.setattr(decoder.logging, 'log_first_n', lambda *args: warned.append(args))
+  cfg = decoder.Config(vocab_size=11, num_layers=1, num_heads=1, d_model=8, mlp_dim=8,
+                       max_len=16)
+  decoder.check_decode(cfg, 10, 6)  # Exactly max_len: fine, silent.
+  assert not warned
+  decoder.check_decode(cfg, 10, 7)  # RoPE decodes past it, with a warning naming the lengths.
+  assert len(warned) == 1 and warned[0][3:6] == (10, 7, 16)
+  with pytest.raises(ValueError, match='exceed config.model.max_len=16'):
+    decoder.check_decode(dataclasses.replace(cfg, positions='learned'), 10, 7)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from selffb import report
 from selffb import runtime
 from selffb import selftrain
 from selffb.data import pipeline
@@ -308,6 +309,9 @@ def test_eval_and_sample_modes_read_the_last_round(uninterrupted, data_dir):
   for bad in ('abc', '+=', '21+3='):  # Would give a made-up answer, or NaN, if sampled.
     with pytest.raises(ValueError, match='not an aligned addition problem'):
       sample_mode.sample_checkpoint(None, workdir, [bad])
+  long = '1' * 40 + '+' + '2' * 40 + '='  # Its 40-digit answer would be cut at 32 tokens.
+  with pytest.raises(ValueError, match='40-token answer but config.sample.max_new_tokens=32'):
+    sample_mode.sample_checkpoint(None, workdir, [long])
 
 
 def test_candidate_format_and_confidence():
@@ -347,3 +351,20 @@ def test_round_zero_can_start_from_a_train_run(uninterrupted, data_dir, tmp_path
   again = selftrain.run_selftrain(c, str(tmp_path))
   assert strip_times(again) == strip_times(got)
   assert selftrain.model_dir(str(tmp_path)) == os.path.join(tmp_path, 'rounds', 'r01')
+
+
+def test_rounds_figure_has_a_title_and_its_legend_outside_the_lines():
+  rows = [{'run': 'self', 'round': r, 'digits': '1-4' if r == 0 else 5 + r,
+           'test': {str(n): min(1.0, 0.2 * r + (n <= 4)) for n in range(1, 9)}} for r in range(4)]
+  rows.append({'run': 'control', 'round': 3, 'digits': '1-4',
+               'test': {str(n): float(n <= 4) for n in range(1, 9)}})
+  fig = report.figure(rows)
+  ax = fig.axes[0]
+  assert ax.get_title() and ax.get_xlabel() == 'operand digits'
+  legend = ax.get_legend()
+  labels = [t.get_text() for t in legend.get_texts()]
+  assert labels == ['training lengths', 'round 0', 'round 1', 'round 2', 'round 3',
+                    'control after 3 rounds']
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1

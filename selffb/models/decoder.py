@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from selffb import errors
 from selffb.models import attention
@@ -177,12 +178,21 @@ def forward(module, params, batch, rngs=None):
 
 
 def check_decode(cfg, prompt_len, max_new_tokens):
-  """Raises ValueError when prompts of prompt_len plus the new tokens cannot be decoded."""
-  if cfg.positions == 'learned' and prompt_len + max_new_tokens > cfg.max_len:
+  """Raises InputError when prompts of prompt_len plus the new tokens cannot be decoded (learned
+  positions end at max_len); with RoPE or no positions it warns, once, that they run past the
+  length the model trained at."""
+  if prompt_len + max_new_tokens <= cfg.max_len:
+    return
+  if cfg.positions == 'learned':
     raise errors.InputError(
         f'prompts of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceed '
         f'config.model.max_len={cfg.max_len}, the positions this model learned: lower '
         'config.sample.max_new_tokens or shorten the prompts.')
+  logging.log_first_n(
+      logging.WARNING, 'prompts of %d tokens + max_new_tokens=%d run past config.model.max_len='
+      '%d, the longest sequence this model trained on: positions=%r decodes them, but what it '
+      'writes there is length generalisation, not what it learned.', 1, prompt_len,
+      max_new_tokens, cfg.max_len, cfg.positions)
 
 
 def prefill(module, params, tokens_BxP, pos_BxP, cache):
