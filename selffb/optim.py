@@ -1,4 +1,5 @@
-"""The Optax chain: clip -> scale_by_feedback -> Adam -> decoupled weight decay -> schedule."""
+"""The Optax chain: clip -> Adam -> decoupled weight decay -> schedule, with scale_by_feedback
+before Adam (`feedback_scale_at='gradients'`) or right after it (`'updates'`)."""
 from typing import NamedTuple
 
 import jax
@@ -6,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 FEEDBACK_MODES = ('none', 'relative')
+FEEDBACK_PLACES = ('gradients', 'updates')
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_rsqrt', 'wsd')
 
 
@@ -84,22 +86,32 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def check_feedback_place(place):
+  if place not in FEEDBACK_PLACES:
+    raise ValueError(f'config.optim.feedback_scale_at={place!r}; choose one of '
+                     f'{FEEDBACK_PLACES}.')
+
+
 def make_optimizer(c, num_steps):
   """`config.optim` -> the chain; `tx.update(grads, state, params, feedback=F_batch)`.
 
-  A step whose gradients are not finite is skipped whole (zero update, inner state kept); the
-  training loop watches the streak (`nonfinite_streak`) and stops a run that keeps diverging.
+  The feedback scale s multiplies the clipped gradients before Adam (`feedback_scale_at=
+  'gradients'`), whose normalisation absorbs most of it, or Adam's update before weight decay
+  and the learning rate (`'updates'`): the step is then -lr * (s * adam + wd * p). A step whose
+  gradients are not finite is skipped whole (zero update, inner state kept); the training loop
+  watches the streak (`nonfinite_streak`) and stops a run that keeps diverging.
   """
-  parts = []
-  if c.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(c.clip_norm))
-  parts.append(scale_by_feedback(c.feedback_scale, c.feedback_ema, c.feedback_scale_min,
-                                 c.feedback_scale_max))
-  parts.append(optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps))
-  if c.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(c.weight_decay, mask=decay_mask))
-  parts.append(optax.scale_by_learning_rate(make_schedule(c, num_steps)))
-  return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)
+  clip = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm > 0 else []
+  feedback = scale_by_feedback(c.feedback_scale, c.feedback_ema, c.feedback_scale_min,
+                               c.feedback_scale_max)
+  adam = optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps)
+  decay = ([optax.add_decayed_weights(c.weight_decay, mask=decay_mask)]
+           if c.weight_decay > 0 else [])
+  lr = optax.scale_by_learning_rate(make_schedule(c, num_steps))
+  check_feedback_place(c.feedback_scale_at)  # Last: the other checks report their keys first.
+  middle = [feedback, adam] if c.feedback_scale_at == 'gradients' else [adam, feedback]
+  return optax.apply_if_finite(optax.chain(*clip, *middle, *decay, lr),
+                               max_consecutive_errors=2**30)
 
 
 def _find(opt_state, cls):

@@ -114,7 +114,90 @@ def test_schedules():
     (dict(feedback_scale='absolute'), "feedback_scale='absolute'"),
     (dict(feedback_scale_min=1.5), 'must contain 1'),
     (dict(warmup_steps=20), 'warmup_steps=20'),
+    (dict(feedback_scale_at='adam', warmup_steps=10), "feedback_scale_at='adam'"),
 ])
 def test_bad_optim_config(overrides, message):
   with pytest.raises(ValueError, match=message):
     optim.make_optimizer(optim_config(**overrides), num_steps=20)
+
+
+PARAMS = {'kernel': jnp.array([[1.0, -2.0], [3.0, 0.5]])}
+GRADS = [{'kernel': jnp.array([[0.1, 0.2], [-0.3, 1.0]])},
+         {'kernel': jnp.array([[-0.4, 0.0], [0.5, 2.0]])},
+         {'kernel': jnp.array([[0.3, -0.1], [0.2, -1.0]])}]
+NEXT_GRAD = {'kernel': jnp.array([[0.2, 0.3], [-0.1, 0.4]])}
+
+
+def placed(place, **overrides):
+  """The chain with the feedback scale at `place`: constant lr, no clip, no weight decay."""
+  c = optim_config(feedback_scale_at=place, feedback_ema=0.5, weight_decay=0.0, clip_norm=0.0,
+                   schedule='constant', lr=0.1)
+  c.update(overrides)
+  return optim.make_optimizer(c, num_steps=10)
+
+
+def warmed(tx):
+  """The chain's state after three steps with feedback 0.2, 0.6, 0.4."""
+  state = tx.init(PARAMS)
+  for g, f in zip(GRADS, (0.2, 0.6, 0.4)):
+    _, state = tx.update(g, state, PARAMS, feedback=f)
+  return state
+
+
+def step_from(tx, state, feedback):
+  """(update, scale it used) of one more step from `state`."""
+  updates, state = tx.update(NEXT_GRAD, state, PARAMS, feedback=feedback)
+  return updates['kernel'], float(optim.feedback_scale(state))
+
+
+@pytest.mark.parametrize('feedback', [0.1, 0.7])
+def test_updates_scale_multiplies_adams_update_exactly(feedback):
+  state = warmed(placed('updates'))
+  unscaled, one = step_from(placed('updates', feedback_scale='none'), state, feedback)
+  scaled, s = step_from(placed('updates'), state, feedback)
+  assert one == 1.0 and abs(s - 1) > 0.1
+  np.testing.assert_allclose(scaled, s * unscaled, rtol=1e-6)
+
+
+@pytest.mark.parametrize('feedback', [0.1, 0.7])
+def test_gradients_scale_does_not_move_the_update_proportionally(feedback):
+  state = warmed(placed('gradients'))
+  unscaled, _ = step_from(placed('gradients', feedback_scale='none'), state, feedback)
+  scaled, s = step_from(placed('gradients'), state, feedback)
+  assert abs(s - 1) > 0.1
+  ratio = np.linalg.norm(scaled) / np.linalg.norm(unscaled)
+  assert abs(np.log(ratio)) < 0.5 * abs(np.log(s))  # Adam's normalisation absorbs the scale.
+
+
+@pytest.mark.parametrize('place', ['gradients', 'updates'])
+def test_displacement_ratio_under_two_scales_from_one_state(place):
+  tx = placed(place)
+  state = warmed(tx)
+  moved = {}
+  for f in (0.1, 0.7):  # A harder and an easier batch than the run so far.
+    updates, s = step_from(tx, state, f)
+    new = optax.apply_updates(PARAMS, {'kernel': updates})
+    moved[f] = (np.linalg.norm(new['kernel'] - PARAMS['kernel']), s)
+  (d_hard, s_hard), (d_easy, s_easy) = moved[0.1], moved[0.7]
+  assert s_hard / s_easy > 1.5
+  if place == 'updates':
+    np.testing.assert_allclose(d_hard / d_easy, s_hard / s_easy, rtol=1e-5)
+  else:
+    assert abs(np.log(d_hard / d_easy)) < 0.5 * np.log(s_hard / s_easy)  # Adam absorbs most.
+
+
+def test_updates_scale_leaves_weight_decay_and_lr_outside():
+  # Behind Adam the scale leaves Adam's moments alone, so the two chains' states match.
+  unscaled, _ = step_from(placed('updates', feedback_scale='none'), warmed(placed('updates')),
+                          0.1)
+  decayed = placed('updates', weight_decay=0.5)
+  scaled, s = step_from(decayed, warmed(decayed), 0.1)
+  # -lr * (s * adam + wd * p), and unscaled = -lr * adam.
+  np.testing.assert_allclose(scaled, s * unscaled - 0.1 * 0.5 * PARAMS['kernel'], rtol=1e-6)
+
+
+def test_the_place_orders_the_chain():
+  names = lambda place: [type(s).__name__ for s in warmed(placed(place)).inner_state]
+  assert names('gradients') == ['ScaleByFeedbackState', 'ScaleByAdamState',
+                                'ScaleByScheduleState']
+  assert names('updates') == ['ScaleByAdamState', 'ScaleByFeedbackState', 'ScaleByScheduleState']

@@ -56,6 +56,7 @@ def problems(config, num_devices):
     model_cfg = check(lambda: model.Config.from_config(config.model, tokenizer.vocab_size))
   check(lambda: losses.check_loss_name(config.feedback.loss))
   check(lambda: losses.validate_weights(config.feedback.weights.to_dict()))
+  check(lambda: optim.check_feedback_place(config.optim.feedback_scale_at))
   check(lambda: optim.make_optimizer(config.optim, config.train.num_steps))
   check(lambda: sampling.SamplingParams.from_config(config.sample))
   d, m = config.data, config.model
@@ -67,7 +68,7 @@ def problems(config, num_devices):
     found.extend(task.config_problems(config))
   found.extend(selftrain_problems(config.selftrain))
   found.extend(evaluators.problems(config.evals))
-  return found
+  return list(dict.fromkeys(found))  # A name check and the builder it guards may both report.
 
 
 def _mesh_problems(config, num_devices, model, model_cfg):
@@ -115,10 +116,11 @@ def check_config(config, num_devices=None):
     raise ConfigError(f'the config has {len(found)} problem(s):\n  - ' + '\n  - '.join(found))
 
 
-# Saved configs from before the layout move (issue 16): keys it added, with the values those
-# runs had, and the key it removed (the vocabulary now comes from the tokenizer).
+# Saved configs from before the layout move (issue 16) and the new arms (issue 17): keys they
+# added, with the values those runs had, and the key removed (the tokenizer owns the vocabulary).
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
-          'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*'}
+          'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
+          'optim.feedback_scale_at': 'gradients'}
 _REMOVED = ('model.vocab_size',)
 _RENAMED_VALUES = {('selftrain.verifier', 'addition'): 'task'}
 
