@@ -74,9 +74,9 @@ def get_config(arg=None):
   c.optim.eps = 1e-9  # Adam epsilon.
   c.optim.weight_decay = 0.01  # Decoupled weight decay on matrices (not on norms, biases).
   c.optim.clip_norm = 1.0  # Global gradient-norm clip; 0 disables.
-  c.optim.feedback_scale = 'relative'  # 'none' or 'relative': step*(1-F_batch)/(1-EMA(F)), clipped.
+  c.optim.feedback_scale = 'relative'  # 'none'/'relative': s=r/EMA(r), r=(1-F_batch)/(1-EMA(F)).
   c.optim.feedback_scale_at = 'gradients'  # Scale 'gradients' (before Adam) or 'updates' (after).
-  c.optim.feedback_ema = 0.99  # Decay of the running mean of the batch feedback.
+  c.optim.feedback_ema = 0.99  # Decay of the running means EMA(F) and EMA(r) of the feedback scale.
   c.optim.feedback_scale_min = 0.5  # Lower clip of the feedback scale.
   c.optim.feedback_scale_max = 2.0  # Upper clip of the feedback scale.
 

@@ -122,6 +122,9 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
           'optim.feedback_scale_at': 'gradients'}
 _REMOVED = ('model.vocab_size',)
+# Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
+# this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
+_STATE_LAYOUT_KEYS = ('optim.feedback_scale_at',)
 _RENAMED_VALUES = {('selftrain.verifier', 'addition'): 'task'}
 
 
@@ -160,9 +163,15 @@ def config_changes(saved, current):
 def resume_changes(saved, current, abstract_params):
   """Compares a checkpoint's config with the current one.
 
-  Raises ConfigError naming the keys when the model or the optimizer state's shape differ;
-  returns the other changed keys as {key: (saved, current)} (a new lr or step count is fine).
+  Raises ConfigError naming the keys when the model or the optimizer state's shape differ, or
+  when the checkpoint predates the optimizer state's layout; returns the other changed keys as
+  {key: (saved, current)} (a new lr or step count is fine).
   """
+  older = [k for k in _STATE_LAYOUT_KEYS if k not in metrics.flatten(saved, '.')]
+  if older:
+    raise ConfigError(f'the checkpoint was written before {older[0]} existed, by a selffb whose '
+                      'optimizer state had another shape; its parameters still evaluate and '
+                      'sample, but training cannot resume from it. Use a new --workdir.')
   changed = config_changes(saved, current)
   model_keys = [k for k in changed if k.startswith('model.')]
   if model_keys:
