@@ -56,6 +56,8 @@ def get_config(arg=None):
   c.feedback = ml_collections.ConfigDict()
   c.feedback.loss = 'one_minus'  # ce=ctrl, one_minus=CE(1-F), focal=CE(1-F)^gamma, confidence=CE*F.
   c.feedback.gamma = 2.0  # Focal exponent.
+  c.feedback.blend = 'none'  # loss=(1-a_t)CE+a_t*arm; a_t: 'none' (1), 'linear'/'cosine' 0->1.
+  c.feedback.blend_fraction = 0.5  # Share of train.num_steps over which a_t reaches 1.
   c.feedback.weights = ml_collections.ConfigDict()  # F = sum_i w_i f_i; w normalised to sum 1.
   c.feedback.weights.prob = 1.0  # Target-token probability p_t.
   c.feedback.weights.margin = 0.0  # sigmoid(target logit - logsumexp of the other logits).

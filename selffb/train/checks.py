@@ -55,6 +55,7 @@ def problems(config, num_devices):
       p.startswith('config.model.') for p in found):
     model_cfg = check(lambda: model.Config.from_config(config.model, tokenizer.vocab_size))
   check(lambda: losses.check_loss_name(config.feedback.loss))
+  check(lambda: losses.check_blend_name(config.feedback.blend))
   check(lambda: losses.validate_weights(config.feedback.weights.to_dict()))
   check(lambda: optim.check_feedback_place(config.optim.feedback_scale_at))
   check(lambda: optim.make_optimizer(config.optim, config.train.num_steps))
@@ -120,7 +121,8 @@ def check_config(config, num_devices=None):
 # added, with the values those runs had, and the key removed (the tokenizer owns the vocabulary).
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
-          'optim.feedback_scale_at': 'gradients'}
+          'optim.feedback_scale_at': 'gradients', 'feedback.blend': 'none',
+          'feedback.blend_fraction': 0.5}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
