@@ -91,7 +91,7 @@ def phase_functions(s):
   apply_fn = step_lib.apply_fn(s, training=True)
   loss_fn = functools.partial(s.task.loss_fn, fb=s.fb)
   of_params = lambda p, bt: loss_fn(apply_fn(p, bt, {'dropout': jax.random.key(1)}), bt,
-                                    jnp.sum(bt['loss_mask']))[0]
+                                    jnp.sum(bt['loss_mask']), jnp.zeros([], jnp.int32))[0]
   opts = xla_flags.for_mesh(s.config, s.mesh)
   return [jax.jit(f, compiler_options=opts) for f in (of_params, jax.grad(of_params))]
 
@@ -107,7 +107,7 @@ def selffb_timer(c, phases=False):
                       fmt=task.batch_format(c), splits={}, seq_len=t,
                       mesh=sharding.make_mesh(c.mesh, jax.devices()[:1]),
                       tx=optim.make_optimizer(c.optim, c.train.num_steps),
-                      fb=losses.FeedbackSpec.from_config(c.feedback))
+                      fb=losses.FeedbackSpec.from_config(c.feedback, c.train.num_steps))
   state, state_sh = state_lib.init_state(s, jax.random.key(0))
   p_train, _ = step_lib.compile_steps(s, state_sh)
   rng = np.random.default_rng(0)

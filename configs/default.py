@@ -56,6 +56,8 @@ def get_config(arg=None):
   c.feedback = ml_collections.ConfigDict()
   c.feedback.loss = 'one_minus'  # ce=ctrl, one_minus=CE(1-F), focal=CE(1-F)^gamma, confidence=CE*F.
   c.feedback.gamma = 2.0  # Focal exponent.
+  c.feedback.blend = 'none'  # loss=(1-a_t)CE+a_t*arm; a_t: 'none' (1), 'linear'/'cosine' 0->1.
+  c.feedback.blend_fraction = 0.5  # Share of train.num_steps over which a_t reaches 1.
   c.feedback.weights = ml_collections.ConfigDict()  # F = sum_i w_i f_i; w normalised to sum 1.
   c.feedback.weights.prob = 1.0  # Target-token probability p_t.
   c.feedback.weights.margin = 0.0  # sigmoid(target logit - logsumexp of the other logits).
@@ -74,8 +76,9 @@ def get_config(arg=None):
   c.optim.eps = 1e-9  # Adam epsilon.
   c.optim.weight_decay = 0.01  # Decoupled weight decay on matrices (not on norms, biases).
   c.optim.clip_norm = 1.0  # Global gradient-norm clip; 0 disables.
-  c.optim.feedback_scale = 'relative'  # 'none' or 'relative': step*(1-F_batch)/(1-EMA(F)), clipped.
-  c.optim.feedback_ema = 0.99  # Decay of the running mean of the batch feedback.
+  c.optim.feedback_scale = 'relative'  # 'none'/'relative': s=r/EMA(r), r=(1-F_batch)/(1-EMA(F)).
+  c.optim.feedback_scale_at = 'gradients'  # Scale 'gradients' (before Adam) or 'updates' (after).
+  c.optim.feedback_ema = 0.99  # Decay of the running means EMA(F) and EMA(r) of the feedback scale.
   c.optim.feedback_scale_min = 0.5  # Lower clip of the feedback scale.
   c.optim.feedback_scale_max = 2.0  # Upper clip of the feedback scale.
 

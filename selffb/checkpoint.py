@@ -1,6 +1,6 @@
 """Orbax checkpoints of everything a run needs to resume exactly: the train state (parameters,
-optimizer state with the feedback EMA), the best parameters, the data iterator's position, the
-loop's bookkeeping (early stopping, RNG) and the config that wrote them.
+optimizer state with the feedback scale's EMAs), the best parameters, the data iterator's
+position, the loop's bookkeeping (early stopping, RNG) and the config that wrote them.
 
 Saves are asynchronous and atomic (orbax writes a temporary directory and renames it). A
 checkpoint that cannot be read is reported and skipped for the one before it; a workdir whose

@@ -1,4 +1,5 @@
-"""The Optax chain: clip -> scale_by_feedback -> Adam -> decoupled weight decay -> schedule."""
+"""The Optax chain: clip -> Adam -> decoupled weight decay -> schedule, with scale_by_feedback
+before Adam (`feedback_scale_at='gradients'`) or right after it (`'updates'`)."""
 from typing import NamedTuple
 
 import jax
@@ -6,22 +7,45 @@ import jax.numpy as jnp
 import optax
 
 FEEDBACK_MODES = ('none', 'relative')
+FEEDBACK_PLACES = ('gradients', 'updates')
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_rsqrt', 'wsd')
 
 
 class ScaleByFeedbackState(NamedTuple):
   ema: jax.Array  # Running mean of the batch feedback, before bias correction.
-  count: jax.Array  # Updates seen, for the EMA's bias correction.
+  ratio_ema: jax.Array  # Running mean of the raw ratio r (see scale_by_feedback), likewise.
+  count: jax.Array  # Updates seen, for the EMAs' bias correction.
   scale: jax.Array  # The last scale applied (for metrics).
+
+
+def _debiased(ema, count, decay):
+  return ema / (1 - decay ** count.astype(jnp.float32))
+
+
+def relative_scale(feedback, state, decay, min_scale, max_scale):
+  """(scale, state after the batch) of mode 'relative'; see scale_by_feedback."""
+  count = state.count + 1
+  ema = decay * state.ema + (1 - decay) * feedback
+  ratio = (1 - feedback) / jnp.maximum(1 - _debiased(ema, count, decay), 1e-6)
+  ratio_ema = decay * state.ratio_ema + (1 - decay) * ratio
+  normalised = ratio / jnp.maximum(_debiased(ratio_ema, count, decay), 1e-6)
+  # The first batch has nothing to compare with; r / EMA(r) is 1 there up to rounding.
+  scale = jnp.where(count == 1, 1.0, jnp.clip(normalised, min_scale, max_scale))
+  return scale, ScaleByFeedbackState(ema=ema, ratio_ema=ratio_ema, count=count, scale=scale)
 
 
 def scale_by_feedback(mode='relative', decay=0.99, min_scale=0.5, max_scale=2.0):
   """Scales updates by a function of the batch's fused feedback `F_batch` (an extra arg).
 
-  mode 'relative': s = clip((1 - F_batch) / (1 - EMA(F)), min_scale, max_scale), where the EMA
-  includes the current batch and is bias-corrected, so the first step has s = 1. Batches the
-  model finds harder than usual move the weights more; the long-run mean step is unchanged.
-  mode 'none': s = 1 (the EMA is still tracked, so metrics stay comparable).
+  mode 'relative': s = clip(r / EMA(r), min_scale, max_scale), r = (1 - F_batch) / (1 - EMA(F)):
+  r is how much harder the batch is than the run's recent batches, and s is r against its own
+  running mean. Both EMAs (decay `decay`) include the current batch and are bias-corrected; the
+  first step has s = 1 exactly. Batches harder than usual move the weights more, and the
+  long-run mean of s stays near 1: while F trends (it rises as the model learns) EMA(F) lags and
+  r stays below 1 as long as the trend lasts, but a steady r gives s = 1 exactly, and s departs
+  from 1 only by the change of r within the EMA's horizon of about 1 / (1 - decay) steps, not by
+  r's offset from 1.
+  mode 'none': s = 1 (the EMAs are still tracked, so the state is the same).
   """
   if mode not in FEEDBACK_MODES:
     raise ValueError(f'config.optim.feedback_scale={mode!r}; choose one of {FEEDBACK_MODES}.')
@@ -32,23 +56,21 @@ def scale_by_feedback(mode='relative', decay=0.99, min_scale=0.5, max_scale=2.0)
 
   def init_fn(params):
     del params
-    return ScaleByFeedbackState(ema=jnp.zeros([], jnp.float32),
-                                count=jnp.zeros([], jnp.int32), scale=jnp.ones([], jnp.float32))
+    zero = jnp.zeros([], jnp.float32)
+    return ScaleByFeedbackState(ema=zero, ratio_ema=zero, count=jnp.zeros([], jnp.int32),
+                                scale=jnp.ones([], jnp.float32))
 
   def update_fn(updates, state, params=None, *, feedback=None, **extra_args):
     del params, extra_args
     if feedback is None:
       raise ValueError('scale_by_feedback needs the batch feedback: tx.update(..., feedback=F).')
     feedback = jnp.asarray(feedback, jnp.float32)
-    count = state.count + 1
-    ema = decay * state.ema + (1 - decay) * feedback
+    scale, state = relative_scale(feedback, state, decay, min_scale, max_scale)
     if mode == 'none':
       scale = jnp.ones([], jnp.float32)
-    else:
-      ema_hat = ema / (1 - decay ** count.astype(jnp.float32))
-      scale = jnp.clip((1 - feedback) / jnp.maximum(1 - ema_hat, 1e-6), min_scale, max_scale)
+      state = state._replace(scale=scale)
     updates = jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)
-    return updates, ScaleByFeedbackState(ema=ema, count=count, scale=scale)
+    return updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -84,22 +106,32 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def check_feedback_place(place):
+  if place not in FEEDBACK_PLACES:
+    raise ValueError(f'config.optim.feedback_scale_at={place!r}; choose one of '
+                     f'{FEEDBACK_PLACES}.')
+
+
 def make_optimizer(c, num_steps):
   """`config.optim` -> the chain; `tx.update(grads, state, params, feedback=F_batch)`.
 
-  A step whose gradients are not finite is skipped whole (zero update, inner state kept); the
-  training loop watches the streak (`nonfinite_streak`) and stops a run that keeps diverging.
+  The feedback scale s multiplies the clipped gradients before Adam (`feedback_scale_at=
+  'gradients'`), whose normalisation absorbs most of it, or Adam's update before weight decay
+  and the learning rate (`'updates'`): the step is then -lr * (s * adam + wd * p). A step whose
+  gradients are not finite is skipped whole (zero update, inner state kept); the training loop
+  watches the streak (`nonfinite_streak`) and stops a run that keeps diverging.
   """
-  parts = []
-  if c.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(c.clip_norm))
-  parts.append(scale_by_feedback(c.feedback_scale, c.feedback_ema, c.feedback_scale_min,
-                                 c.feedback_scale_max))
-  parts.append(optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps))
-  if c.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(c.weight_decay, mask=decay_mask))
-  parts.append(optax.scale_by_learning_rate(make_schedule(c, num_steps)))
-  return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)
+  clip = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm > 0 else []
+  feedback = scale_by_feedback(c.feedback_scale, c.feedback_ema, c.feedback_scale_min,
+                               c.feedback_scale_max)
+  adam = optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps)
+  decay = ([optax.add_decayed_weights(c.weight_decay, mask=decay_mask)]
+           if c.weight_decay > 0 else [])
+  lr = optax.scale_by_learning_rate(make_schedule(c, num_steps))
+  check_feedback_place(c.feedback_scale_at)  # Last: the other checks report their keys first.
+  middle = [feedback, adam] if c.feedback_scale_at == 'gradients' else [adam, feedback]
+  return optax.apply_if_finite(optax.chain(*clip, *middle, *decay, lr),
+                               max_consecutive_errors=2**30)
 
 
 def _find(opt_state, cls):

@@ -33,6 +33,7 @@ from selffb import sampling
 from selffb import tasks
 from selffb.data import pipeline
 from selffb.evaluators import greedy
+from selffb.feedback import losses
 from selffb.feedback import scoring
 from selffb.feedback import signals
 from selffb.train import checks
@@ -167,7 +168,9 @@ def _fit_round(run, directory, r, self_records, params, head, t0):
                              f'{config.model.max_len}; raise it.')
   rs = dataclasses.replace(s, config=config, splits={**s.splits, 'train': source},
                            seq_len=seq_len,
-                           tx=optim.make_optimizer(config.optim, config.train.num_steps))
+                           tx=optim.make_optimizer(config.optim, config.train.num_steps),
+                           fb=losses.FeedbackSpec.from_config(config.feedback,
+                                                              config.train.num_steps))
   summary, params = loop.train_loop(rs, directory, run.signals, init_params=params,
                                     keep_best=False, **_progress(run, head['run'], r))
   if 'stopped_by' in summary:

@@ -79,6 +79,8 @@ def test_values_that_cannot_be_meant_are_all_reported():
 def test_a_run_saved_before_the_layout_move_still_resumes_and_evaluates():
   old = default.get_config().to_dict()  # As config.json and checkpoints store a config.
   del old['model']['kind'], old['data']['tokenizer'], old['evals']
+  del old['optim']['feedback_scale_at'], old['feedback']['blend']  # Issue 17's new arms.
+  del old['feedback']['blend_fraction']
   old['model']['vocab_size'] = 259
   old['selftrain']['verifier'] = 'addition'
   assert checks.config_changes(old, default.get_config()) == {}

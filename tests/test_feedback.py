@@ -1,10 +1,19 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
+from configs import tiny
+from selffb import optim
 from selffb.feedback import losses
 from selffb.feedback import signals
+from selffb.tasks import seq
+from selffb.train import checks
+from selffb.train import state as state_lib
+from selffb.train import step as step_lib
 
 # Two tokens over a vocabulary of 3: probabilities (1/4, 1/2, 1/4) and (0.1, 0.1, 0.8).
 PROBS = np.array([[[0.25, 0.5, 0.25], [0.1, 0.1, 0.8]]])
@@ -114,3 +123,121 @@ def test_unknown_loss_name():
   with pytest.raises(ValueError, match="choose one of"):
     losses.feedback_loss(LOGITS, TARGETS, jnp.ones((1, 2)), loss='focall',
                            weights={'prob': 1.0})
+
+
+@pytest.mark.parametrize('arm', sorted(losses.LOSS_ARMS))
+def test_blend_is_ce_at_zero_and_the_arm_at_one(arm):
+  mask = jnp.array([[1.0, 1.0]])
+  run = lambda a: losses.feedback_loss(LOGITS, TARGETS, mask, loss=arm, weights={'prob': 1.0},
+                                       gamma=3.0, arm_weight=a)
+  arm_alone, aux = run(None)
+  np.testing.assert_allclose(aux['blend'], 1.0)
+  ce_only, aux = run(jnp.float32(0.0))
+  np.testing.assert_allclose(ce_only, CE.mean(), rtol=1e-6)
+  np.testing.assert_allclose(aux['blend'], 0.0)
+  np.testing.assert_allclose(run(jnp.float32(1.0))[0], arm_alone, rtol=1e-6)
+  quarter, aux = run(jnp.float32(0.25))
+  np.testing.assert_allclose(quarter, 0.75 * CE.mean() + 0.25 * arm_alone, rtol=1e-6)
+  np.testing.assert_allclose(aux['ce'], CE.mean(), rtol=1e-6)  # Always unweighted.
+  np.testing.assert_allclose(aux['blend'], 0.25)
+
+
+def test_blend_gradient_is_the_mix_of_the_gradients():
+  mask = jnp.ones((1, 2))
+  grad = lambda arm, a: jax.grad(lambda z: losses.feedback_loss(
+      z, TARGETS, mask, loss=arm, weights={'prob': 1.0}, arm_weight=a)[0])(LOGITS)
+  np.testing.assert_allclose(grad('one_minus', 0.3), 0.7 * grad('ce', None) +
+                             0.3 * grad('one_minus', None), rtol=1e-5, atol=1e-7)
+
+
+def test_blend_metric_adds_up_over_microbatches():
+  mask = jnp.array([[1.0, 1.0]])
+  halves = [losses.feedback_loss(LOGITS[:, i:i + 1], TARGETS[:, i:i + 1], mask[:, i:i + 1],
+                                 loss='one_minus', weights={'prob': 1.0}, denominator=2.0,
+                                 arm_weight=jnp.float32(0.4))[1]['blend'] for i in (0, 1)]
+  np.testing.assert_allclose(sum(halves), 0.4, rtol=1e-6)
+
+
+@pytest.mark.parametrize('schedule, expected', [
+    ('none', [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    ('linear', [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]),
+    ('cosine', [0.0, (1 - np.cos(np.pi / 4)) / 2, 0.5, (1 + np.cos(np.pi / 4)) / 2, 1.0, 1.0]),
+])
+def test_blend_schedules(schedule, expected):
+  steps = [0, 25, 50, 75, 100, 150]  # A ramp of 100 steps.
+  got = [float(losses.blend_weight(schedule, s, 100.0)) for s in steps]
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  assert got[0] == expected[0] and got[-2:] == [1.0, 1.0]  # Exact at both ends.
+  jitted = jax.jit(lambda s: losses.blend_weight(schedule, s, 100.0))
+  np.testing.assert_allclose([float(jitted(jnp.int32(s))) for s in steps], got, atol=1e-7)
+
+
+def test_feedback_spec_ramps_over_a_share_of_the_run():
+  c = default.get_config().feedback
+  spec = losses.FeedbackSpec.from_config(c, num_steps=1000)
+  assert spec.blend == 'none' and spec.arm_weight(0) is None  # The default: the arm alone.
+  c.blend, c.blend_fraction = 'linear', 0.2
+  spec = losses.FeedbackSpec.from_config(c, num_steps=1000)
+  assert spec.blend_steps == 200.0
+  np.testing.assert_allclose([spec.arm_weight(s) for s in (0, 100, 200, 999)],
+                             [0.0, 0.5, 1.0, 1.0])
+
+
+def test_blend_errors():
+  c = default.get_config().feedback
+  c.blend = 'exponential'
+  with pytest.raises(ValueError, match=r"config.feedback.blend='exponential'; choose one of"):
+    losses.FeedbackSpec.from_config(c, num_steps=10)
+  with pytest.raises(ValueError, match='ramps over 0.0 steps'):
+    losses.blend_weight('linear', 3, 0.0)
+
+
+def test_new_keys_bad_values_are_all_reported():
+  c = tiny.get_config()
+  c.optim.feedback_scale_at = 'adam'
+  c.feedback.blend = 'cosin'
+  c.feedback.blend_fraction = 0.0
+  found = checks.problems(c, 1)
+  assert len(found) == 3, found
+  for fragment in ("config.optim.feedback_scale_at='adam'; choose one of ('gradients', 'updates')",
+                   "config.feedback.blend='cosin'; choose one of ('none', 'linear', 'cosine')",
+                   'config.feedback.blend_fraction=0.0 must be a number in (0, 1]'):
+    assert any(fragment in p for p in found), fragment
+
+
+@pytest.mark.parametrize('fraction', [1.5, -0.1, float('nan')])
+def test_blend_fraction_out_of_range(fraction):
+  c = tiny.get_config()
+  c.feedback.blend_fraction = fraction
+  assert checks.problems(c, 1) == [
+      f'config.feedback.blend_fraction={fraction!r} must be a number in (0, 1].']
+
+
+def linear_model(params, batch, rngs=None):
+  del rngs
+  return {'logits': jnp.einsum('btd,dv->btv', batch['inputs'], params['w'])}
+
+
+@pytest.mark.parametrize('accum_steps', [1, 2])
+def test_the_jitted_step_reads_a_t_from_the_state_step(accum_steps):
+  c = default.get_config()
+  c.feedback.blend, c.feedback.blend_fraction = 'linear', 0.5
+  c.optim.schedule = 'constant'
+  spec = losses.FeedbackSpec.from_config(c.feedback, num_steps=4)  # a_t: 0, 0.5, 1, 1.
+  params = {'w': jnp.asarray(np.random.default_rng(0).normal(size=(3, 5)), jnp.float32)}
+  tx = optim.make_optimizer(c.optim, 4)
+  state = state_lib.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                               opt_state=tx.init(params))
+  batch = {'inputs': jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 3)), jnp.float32),
+           'targets': jnp.array([[1, 2, 3, 4], [0, 1, 2, 3]]), 'loss_mask': jnp.ones((2, 4))}
+  step = jax.jit(functools.partial(
+      step_lib.train_step, apply_fn=linear_model, loss_fn=functools.partial(seq.loss_fn, fb=spec),
+      tx=tx, accum_steps=accum_steps))
+  blends = []
+  for i in range(4):
+    state, metrics = step(state, batch, jax.random.key(0))
+    blends.append(float(metrics['blend']))
+    if i == 0:
+      np.testing.assert_allclose(metrics['loss'], metrics['ce'], rtol=1e-6)  # CE alone.
+  np.testing.assert_allclose(blends, [0.0, 0.5, 1.0, 1.0], rtol=1e-6)
+  assert step._cache_size() == 1  # One compilation: a_t is traced, not baked in.

@@ -1,7 +1,9 @@
-"""The self-feedback loss arms: pure functions of logits, targets and the fused feedback F.
+"""The self-feedback loss arms: pure functions of logits, targets and the fused feedback F, and
+the dynamic objective that blends plain CE into an arm over training.
 
 F is always data: it is stop-gradient'ed before it weights the loss, so the gradient is that of
-CE times a constant per token.
+CE times a constant per token. With a blend the loss is (1 - a_t) * CE + a_t * arm(CE, F), a_t
+rising from 0 to 1 over the first `blend_fraction` of the steps (`blend_weight`).
 """
 import dataclasses
 
@@ -18,6 +20,11 @@ LOSS_ARMS = {
     'focal': lambda ce, f, gamma: ce * (1.0 - f) ** gamma,
     'confidence': lambda ce, f, gamma: ce * f,
 }
+BLENDS = {  # a_t as a function of the ramp's progress x in [0, 1].
+    'none': lambda x: jnp.ones_like(x),  # The arm alone from the first step.
+    'linear': lambda x: x,
+    'cosine': lambda x: 0.5 - 0.5 * jnp.cos(jnp.pi * x),
+}
 
 
 def validate_weights(weights):
@@ -30,18 +37,42 @@ def check_loss_name(name):
     raise ValueError(f'config.feedback.loss={name!r}; choose one of {tuple(LOSS_ARMS)}.')
 
 
+def check_blend_name(name):
+  if name not in BLENDS:
+    raise ValueError(f'config.feedback.blend={name!r}; choose one of {tuple(BLENDS)}.')
+
+
+def blend_weight(schedule, step, ramp_steps):
+  """a_t, the arm's weight at `step` (the steps done before this one; traced or not): a_t =
+  BLENDS[schedule](min(step / ramp_steps, 1)), so 0 at step 0 and 1 from step ramp_steps on."""
+  check_blend_name(schedule)
+  if not ramp_steps > 0:
+    raise ValueError(f'the blend ramps over {ramp_steps} steps; config.feedback.blend_fraction '
+                     'and config.train.num_steps must be > 0.')
+  return BLENDS[schedule](jnp.clip(jnp.asarray(step, jnp.float32) / ramp_steps, 0.0, 1.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class FeedbackSpec:
   """`config.feedback`, validated, as static data for the step."""
   loss: str
   gamma: float
   weights: tuple  # ((source, normalised weight), ...)
+  blend: str  # A name in BLENDS.
+  blend_steps: float  # Steps over which a_t rises to 1: blend_fraction * train.num_steps.
 
   @classmethod
-  def from_config(cls, c):
+  def from_config(cls, c, num_steps):
+    """From `config.feedback` and the run's `config.train.num_steps`."""
     check_loss_name(c.loss)
+    check_blend_name(c.blend)
     weights = validate_weights(c.weights.to_dict())
-    return cls(loss=c.loss, gamma=float(c.gamma), weights=tuple(sorted(weights.items())))
+    return cls(loss=c.loss, gamma=float(c.gamma), weights=tuple(sorted(weights.items())),
+               blend=c.blend, blend_steps=float(c.blend_fraction * num_steps))
+
+  def arm_weight(self, step):
+    """a_t at `step`, or None for blend 'none' (the arm alone, with no CE term computed)."""
+    return None if self.blend == 'none' else blend_weight(self.blend, step, self.blend_steps)
 
 
 def compute_feedback(logits_BxTxV, targets_BxT, weights, batch_scores=None):
@@ -62,11 +93,12 @@ def compute_feedback(logits_BxTxV, targets_BxT, weights, batch_scores=None):
 
 
 def feedback_loss(logits_BxTxV, targets_BxT, mask_BxT, *, loss='ce', weights, gamma=2.0,
-                  batch_scores=None, denominator=None):
+                  batch_scores=None, denominator=None, arm_weight=None):
   """The weighted loss and, always, the unweighted metrics.
 
-  Returns (loss, aux) where loss = sum(arm(CE, F) * mask) / denominator and aux holds the
-  unweighted `ce`, token `accuracy`, `mean_f` (masked sums over the same denominator) and the
+  Returns (loss, aux) where loss = sum(((1 - a) * CE + a * arm(CE, F)) * mask) / denominator,
+  a = `arm_weight` (a_t of the blend; None: the arm alone), and aux holds the unweighted `ce`,
+  token `accuracy`, `mean_f`, `blend` (a; masked sums over the same denominator) and the
   per-token `f`. The denominator defaults to sum(mask); microbatches of one batch pass the whole
   batch's token count, so their losses and metrics add up to the batch's.
   """
@@ -75,8 +107,12 @@ def feedback_loss(logits_BxTxV, targets_BxT, mask_BxT, *, loss='ce', weights, ga
   ce_BxT = -signals.target_logprob(logits_BxTxV, targets_BxT)
   f_BxT = compute_feedback(logits_BxTxV, targets_BxT, weights, batch_scores)
   per_token_BxT = LOSS_ARMS[loss](ce_BxT, f_BxT, gamma)
+  if arm_weight is not None:  # None leaves the CE term out of the graph.
+    per_token_BxT = (1.0 - arm_weight) * ce_BxT + arm_weight * per_token_BxT
+  a_BxT = jnp.full_like(ce_BxT, 1.0 if arm_weight is None else arm_weight)
   count = jnp.maximum(mask_BxT.sum() if denominator is None else denominator, 1.0)
   mean = lambda x: jnp.sum(x * mask_BxT) / count
   correct_BxT = (jnp.argmax(logits_BxTxV, -1) == targets_BxT).astype(jnp.float32)
-  aux = {'ce': mean(ce_BxT), 'accuracy': mean(correct_BxT), 'mean_f': mean(f_BxT), 'f': f_BxT}
+  aux = {'ce': mean(ce_BxT), 'accuracy': mean(correct_BxT), 'mean_f': mean(f_BxT),
+         'blend': mean(a_BxT), 'f': f_BxT}
   return mean(per_token_BxT), aux

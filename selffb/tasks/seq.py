@@ -110,13 +110,15 @@ def eval_batches(source, tokenizer, batch_size, fmt=SequenceFormat()):
   return batches
 
 
-def loss_fn(outputs, batch, denominator, *, fb):
-  """The feedback loss on the answer tokens; `fb` is a losses.FeedbackSpec."""
+def loss_fn(outputs, batch, denominator, step, *, fb):
+  """The feedback loss on the answer tokens at training step `step` (the blend's a_t depends on
+  it); `fb` is a losses.FeedbackSpec."""
   scores = {k: batch[k] for k in signals.BATCH_SOURCES if k in batch}
   loss, aux = losses.feedback_loss(
       outputs['logits'], batch['targets'], batch['loss_mask'], loss=fb.loss,
-      weights=dict(fb.weights), gamma=fb.gamma, batch_scores=scores, denominator=denominator)
-  return loss, {k: aux[k] for k in ('ce', 'accuracy', 'mean_f')}
+      weights=dict(fb.weights), gamma=fb.gamma, batch_scores=scores, denominator=denominator,
+      arm_weight=fb.arm_weight(step))
+  return loss, {k: aux[k] for k in ('ce', 'accuracy', 'mean_f', 'blend')}
 
 
 def eval_sums(outputs, batch):

@@ -55,7 +55,9 @@ def problems(config, num_devices):
       p.startswith('config.model.') for p in found):
     model_cfg = check(lambda: model.Config.from_config(config.model, tokenizer.vocab_size))
   check(lambda: losses.check_loss_name(config.feedback.loss))
+  check(lambda: losses.check_blend_name(config.feedback.blend))
   check(lambda: losses.validate_weights(config.feedback.weights.to_dict()))
+  check(lambda: optim.check_feedback_place(config.optim.feedback_scale_at))
   check(lambda: optim.make_optimizer(config.optim, config.train.num_steps))
   check(lambda: sampling.SamplingParams.from_config(config.sample))
   d, m = config.data, config.model
@@ -67,7 +69,7 @@ def problems(config, num_devices):
     found.extend(task.config_problems(config))
   found.extend(selftrain_problems(config.selftrain))
   found.extend(evaluators.problems(config.evals))
-  return found
+  return list(dict.fromkeys(found))  # A name check and the builder it guards may both report.
 
 
 def _mesh_problems(config, num_devices, model, model_cfg):
@@ -115,11 +117,16 @@ def check_config(config, num_devices=None):
     raise ConfigError(f'the config has {len(found)} problem(s):\n  - ' + '\n  - '.join(found))
 
 
-# Saved configs from before the layout move (issue 16): keys it added, with the values those
-# runs had, and the key it removed (the vocabulary now comes from the tokenizer).
+# Saved configs from before the layout move (issue 16) and the new arms (issue 17): keys they
+# added, with the values those runs had, and the key removed (the tokenizer owns the vocabulary).
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
-          'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*'}
+          'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
+          'optim.feedback_scale_at': 'gradients', 'feedback.blend': 'none',
+          'feedback.blend_fraction': 0.5}
 _REMOVED = ('model.vocab_size',)
+# Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
+# this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
+_STATE_LAYOUT_KEYS = ('optim.feedback_scale_at',)
 _RENAMED_VALUES = {('selftrain.verifier', 'addition'): 'task'}
 
 
@@ -158,9 +165,15 @@ def config_changes(saved, current):
 def resume_changes(saved, current, abstract_params):
   """Compares a checkpoint's config with the current one.
 
-  Raises ConfigError naming the keys when the model or the optimizer state's shape differ;
-  returns the other changed keys as {key: (saved, current)} (a new lr or step count is fine).
+  Raises ConfigError naming the keys when the model or the optimizer state's shape differ, or
+  when the checkpoint predates the optimizer state's layout; returns the other changed keys as
+  {key: (saved, current)} (a new lr or step count is fine).
   """
+  older = [k for k in _STATE_LAYOUT_KEYS if k not in metrics.flatten(saved, '.')]
+  if older:
+    raise ConfigError(f'the checkpoint was written before {older[0]} existed, by a selffb whose '
+                      'optimizer state had another shape; its parameters still evaluate and '
+                      'sample, but training cannot resume from it. Use a new --workdir.')
   changed = config_changes(saved, current)
   model_keys = [k for k in changed if k.startswith('model.')]
   if model_keys:

@@ -26,6 +26,7 @@ RANGES = {
     'data.seq_len': AT_LEAST_0,
     'data.text.validation_fraction': OPEN_UNIT,
     'feedback.gamma': AT_LEAST_0,
+    'feedback.blend_fraction': SHARE,
     'optim.lr': AT_LEAST_0,
     'optim.warmup_steps': AT_LEAST_0,
     'optim.final_lr_ratio': UNIT,

@@ -74,4 +74,4 @@ def setup(config, workdir, devices=None, with_data=True):
                task=task, tokenizer=tokenizer, fmt=task.batch_format(config), splits=splits,
                seq_len=seq_len, mesh=mesh,
                tx=optim.make_optimizer(config.optim, config.train.num_steps),
-               fb=losses.FeedbackSpec.from_config(config.feedback))
+               fb=losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps))

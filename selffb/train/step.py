@@ -17,39 +17,40 @@ def global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def _loss(params, batch, rng, denominator, *, apply_fn, loss_fn):
-  return loss_fn(apply_fn(params, batch, {'dropout': rng}), batch, denominator)
+def _loss(params, batch, rng, denominator, step, *, apply_fn, loss_fn):
+  return loss_fn(apply_fn(params, batch, {'dropout': rng}), batch, denominator, step)
 
 
 def train_step(state, batch, rng, *, apply_fn, loss_fn, tx, accum_steps=1):
   """One optimizer step: `(state, batch, rng) -> (state, metrics)`.
 
-  `loss_fn(outputs, batch, denominator) -> (loss, aux)` with aux's 'ce', 'accuracy' and
-  'mean_f'; 'mean_f' is the batch feedback the optimizer's scale reads. With accum_steps > 1
-  the batch is split into that many microbatches, scanned in turn; each loss is normalised by
-  the whole batch's token count, so the summed gradients equal the whole batch's gradient.
+  `loss_fn(outputs, batch, denominator, step) -> (loss, aux)`, with `step` the steps done
+  before this one (a loss may change over training); aux holds scalars that add up over
+  microbatches, logged as metrics, among them 'ce', 'accuracy' and 'mean_f', the batch feedback
+  the optimizer's scale reads. With accum_steps > 1 the batch is split into that many
+  microbatches, scanned in turn; each loss is normalised by the whole batch's token count, so the
+  summed gradients equal the whole batch's gradient.
   """
   rng = jax.random.fold_in(rng, state.step)
   denominator = jnp.sum(batch['loss_mask'])
   grad_fn = jax.value_and_grad(functools.partial(_loss, apply_fn=apply_fn, loss_fn=loss_fn),
                                has_aux=True)
   if accum_steps == 1:
-    (loss, aux), grads = grad_fn(state.params, batch, rng, denominator)
+    (loss, aux), grads = grad_fn(state.params, batch, rng, denominator, state.step)
   else:
     micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
 
     def add(carry, xs):
       i, mb = xs
-      out = grad_fn(state.params, mb, jax.random.fold_in(rng, i), denominator)
+      out = grad_fn(state.params, mb, jax.random.fold_in(rng, i), denominator, state.step)
       return jax.tree.map(jnp.add, carry, out), None
 
     zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, jax.tree.map(
-        lambda x: x[0], micro), rng, denominator))
+        lambda x: x[0], micro), rng, denominator, state.step))
     ((loss, aux), grads), _ = jax.lax.scan(add, zero, (jnp.arange(accum_steps), micro))
   updates, opt_state = tx.update(grads, state.opt_state, state.params, feedback=aux['mean_f'])
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, 'ce': aux['ce'], 'accuracy': aux['accuracy'],
-             'mean_f': aux['mean_f'], 'grad_norm': global_norm(grads),
+  metrics = {'loss': loss, **aux, 'grad_norm': global_norm(grads),
              'feedback_scale': optim.feedback_scale(opt_state),
              'nonfinite_streak': optim.nonfinite_streak(opt_state)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
