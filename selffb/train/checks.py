@@ -116,9 +116,15 @@ def check_config(config, num_devices=None):
 
 
 # Saved configs from before the layout move (issue 16): keys it added, with the values those
-# runs had, and the key it removed (the vocabulary now comes from the tokenizer).
+# runs had, and the key it removed (the vocabulary now comes from the tokenizer). The sweep's
+# executor settings (issue 17) came later; a run saved before them gets the defaults, which
+# change nothing it computes.
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
-          'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*'}
+          'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
+          'slurm.partition': '', 'slurm.account': '', 'slurm.qos': '', 'slurm.constraint': '',
+          'slurm.nodes': 1, 'slurm.gpus_per_node': 0, 'slurm.cpus_per_task': 2,
+          'slurm.mem_gb': 16, 'slurm.timeout_min': 120, 'slurm.array_parallelism': 64,
+          'slurm.setup': [], 'slurm.extra': []}
 _REMOVED = ('model.vocab_size',)
 _RENAMED_VALUES = {('selftrain.verifier', 'addition'): 'task'}
 
