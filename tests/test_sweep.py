@@ -317,7 +317,7 @@ def test_the_report_holds_every_run_and_the_means_over_seeds(tiny_sweep):
   md = open(os.path.join(workdir, 'results.md')).read()
   assert '4 of 4 runs finished' in md
   ce_mean = np.mean([summaries['ce', s]['best_val_ce'] for s in (0, 1)])
-  assert f'| ce (control) | 2/2 | {ce_mean:.4f} ± ' in md
+  assert f'| ce (control) | 2/2 | {ce_mean:.4g} ± ' in md
   assert '| one_minus | 2 | ' in md  # The difference table.
   for png in ('val_ce.png', 'exact_match.png'):
     data = open(os.path.join(workdir, png), 'rb').read()

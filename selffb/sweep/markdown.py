@@ -35,9 +35,7 @@ def number(col, v, signed=False):
     return f'{v:{sign},.0f}'
   if col in ('wall_s', 'steps', 'rounds'):
     return f'{v:{sign}.0f}'
-  if col.endswith(('ppl', 'perplexity')):
-    return f'{v:{sign}.3f}'
-  return f'{v:{sign}.4f}'
+  return f'{v:{sign}.4g}'  # Significant digits: a weighted loss can be 1e-5 late in training.
 
 
 def spread(col, mean, std):
