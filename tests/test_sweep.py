@@ -25,6 +25,7 @@ from selffb.sweep import aggregate
 from selffb.sweep import plan
 from selffb.sweep import run
 from selffb.train import checks
+from selffb.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'configs', 'ablations', 'tiny.py')
@@ -240,6 +241,30 @@ def test_slurm_jobs_take_their_settings_from_config_slurm(tmp_path, monkeypatch)
   assert '--config.slurm.nodes=2' in cmd and f'--config={TINY}' in cmd
   with pytest.raises(plan.SweepError, match='slurm.nodes=2 must be 1'):
     run.prepare(config, TINY, overrides, str(tmp_path / 'sweep'), None, 'submitit_local')
+
+
+def test_a_diverged_run_does_not_stop_the_others(tmp_path, monkeypatch):
+  def fake_run(mode, entry):  # Writes what a finished train run writes, without training.
+    if entry.index == 0:
+      raise loop.TrainingDiverged('3 consecutive steps had a non-finite loss')
+    os.makedirs(entry.workdir)
+    with open(os.path.join(entry.workdir, 'metrics.jsonl'), 'w') as f:
+      f.write(json.dumps({'step': 10, 'val/ce': 1.0 + entry.index}) + '\n')
+    with open(os.path.join(entry.workdir, 'summary.json'), 'w') as f:
+      json.dump({'steps': 10, 'best_val_ce': 1.0 + entry.index, 'wall_s': 1.0,
+                 'exact_match': {'2': 0.5}}, f)
+    return True
+
+  monkeypatch.setattr(run, '_run_entry', fake_run)
+  workdir = str(tmp_path / 'sweep')
+  with pytest.raises(plan.SweepError, match=r'entries 0 \(ce seed 0\) diverged'):
+    run.run_sweep(load_config(TINY), TINY, {}, workdir)
+  assert [r['status'] for r in read_csv(os.path.join(workdir, 'runs.csv'))] == [
+      'not started', 'finished', 'finished', 'finished']
+  results = {r['variant']: r for r in read_csv(os.path.join(workdir, 'results.csv'))}
+  assert results['ce']['seeds_finished'] == '1' and results['ce']['val_ce_mean'] == '3.0'
+  assert results['one_minus']['paired_seeds'] == '1'  # Seed 1 only.
+  assert results['one_minus']['val_ce_diff'] == '1.0' and results['one_minus']['val_ce_lo'] == ''
 
 
 # ---- End to end: the tiny sweep, cut after its first run, then finished. ----

@@ -88,8 +88,9 @@ def _run_entry(mode, entry):
 
 
 def _run_here(sw, entries):
-  """The entries one after another in this process; returns their statuses."""
-  progress, out = _Progress(sw, entries), []
+  """The entries one after another in this process; returns their statuses. A run that
+  diverges is a result of its arm, not a reason to stop the others: it is reported at the end."""
+  progress, out, diverged = _Progress(sw, entries), [], []
   for e in entries:
     if jax.process_count() > 1:  # Every host decides what is finished from the same files.
       multihost_utils.sync_global_devices(f'sweep entry {e.index}')
@@ -99,12 +100,22 @@ def _run_here(sw, entries):
     logging.info('sweep %d/%d: %s seed %d in %s', e.index + 1, len(sw.entries), e.variant,
                  e.seed, e.workdir)
     t0 = time.time()
-    if not _run_entry(sw.mode, e):
-      logging.info('sweep stopped in entry %d; rerun the same command to resume it.', e.index)
-      out.append(progress.line(e, 'stopped', 0))
-      return out
+    try:
+      if not _run_entry(sw.mode, e):
+        logging.info('sweep stopped in entry %d; rerun the same command to resume it.', e.index)
+        out.append(progress.line(e, 'stopped', 0))
+        return out
+    except loop.TrainingDiverged as error:
+      logging.error('sweep entry %d (%s seed %d) diverged: %s', e.index, e.variant, e.seed, error)
+      diverged.append(f'{e.index} ({e.variant} seed {e.seed})')
+      out.append(progress.line(e, 'failed (diverged)', 0))
+      continue
     aggregate.write(plan.layout(sw), sw.workdir)
     out.append(progress.line(e, f'done in {loop.fmt_time(time.time() - t0)}', 1))
+  if diverged:
+    aggregate.write(plan.layout(sw), sw.workdir)
+    raise plan.SweepError(f'entries {", ".join(diverged)} diverged (their lines above say '
+                          'where); the others ran. A rerun retries them from their checkpoints.')
   return out
 
 
