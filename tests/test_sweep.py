@@ -241,6 +241,10 @@ def test_slurm_jobs_take_their_settings_from_config_slurm(tmp_path, monkeypatch)
   assert '--config.slurm.nodes=2' in cmd and f'--config={TINY}' in cmd
   with pytest.raises(plan.SweepError, match='slurm.nodes=2 must be 1'):
     run.prepare(config, TINY, overrides, str(tmp_path / 'sweep'), None, 'submitit_local')
+  monkeypatch.setenv('PATH', str(tmp_path))  # No srun: not a SLURM cluster.
+  with pytest.raises(plan.SweepError, match='no srun here'):
+    run.run_sweep(config, TINY, overrides, str(tmp_path / 'sweep'), None, 'slurm')
+  assert not os.path.exists(tmp_path / 'sweep')
 
 
 def test_a_diverged_run_does_not_stop_the_others(tmp_path, monkeypatch):

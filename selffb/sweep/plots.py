@@ -103,6 +103,7 @@ def rounds(plt, layout, runs, path):
       xs, means, _ = _spread(by_length[length])
       ax.plot(xs, means, '-o', markersize=3, label=f'{length}d')
     ax.set_title(variant)
+    ax.set_xticks(sorted({row['round'] for run in runs for row in run['rounds']}))
     ax.set_xlabel('round')
     ax.set_ylabel('test exact match (%)')
     ax.set_ylim(-2, 102)

@@ -7,8 +7,10 @@ settings from config.slurm) or as local processes (`submitit_local`). A job runs
 `launch.py --mode=sweep --sweep_index=i` command, so it also skips a finished entry and
 rebuilds the report after its run. The report (aggregate.py) is rebuilt after each entry.
 """
+import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -143,17 +145,19 @@ def executor_parameters(s, name):
   return p
 
 
+def _check_available(executor):
+  """submitit, and for slurm a SLURM client, before anything is written."""
+  if importlib.util.find_spec('submitit') is None:
+    raise plan.SweepError(f'--sweep_executor={executor} needs submitit: pip install submitit.')
+  if executor == 'slurm' and shutil.which('srun') is None:
+    raise plan.SweepError('--sweep_executor=slurm: no srun here, so no SLURM cluster to submit '
+                          'to (--sweep_executor=submitit_local runs the same jobs here).')
+
+
 def make_executor(folder, executor):
-  try:
-    import submitit  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise plan.SweepError(f'--sweep_executor={executor} needs submitit: pip install '
-                          'submitit.') from None
-  try:
-    return submitit.AutoExecutor(folder=folder,
-                                 cluster='local' if executor == 'submitit_local' else 'slurm')
-  except RuntimeError as e:  # No srun: not on a SLURM cluster.
-    raise plan.SweepError(f'--sweep_executor={executor}: {e}') from None
+  import submitit  # pylint: disable=g-import-not-at-top
+  return submitit.AutoExecutor(folder=folder,
+                               cluster='local' if executor == 'submitit_local' else 'slurm')
 
 
 def _submit(sw, entries, executor):
@@ -208,6 +212,8 @@ def run_sweep(config, config_file, cli_overrides, workdir, index=None, executor=
   """--mode=sweep: runs (or submits) the unfinished entries, then the report; returns each
   entry's status: 'skipped', 'done', 'stopped' or 'failed'."""
   sw, entries = prepare(config, config_file, cli_overrides, workdir, index, executor)
+  if executor != 'local':
+    _check_available(executor)
   runtime.write_json(os.path.join(workdir, 'sweep.json'), plan.layout(sw))
   if executor != 'local':
     return _run_jobs(sw, entries, executor)
