@@ -88,6 +88,9 @@ def _variant_problems(variants):
     if not isinstance(overrides, dict):
       found.append(f'variant {name!r}: a dict of flat config keys to values, not '
                    f'{type(overrides).__name__}.')
+    elif not all(isinstance(k, str) for k in overrides):
+      found.append(f'variant {name!r}: its keys are flat config keys as strings '
+                   "('feedback.loss').")
     elif 'seed' in overrides:
       found.append(f"variant {name!r} sets 'seed': the seeds come from sweep()['seeds'].")
   return found
