@@ -14,11 +14,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     "read the run's own config; with --config they take only sampling and evaluation keys.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, reports.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'selftrain', 'eval', 'sample'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'selftrain', 'eval', 'sample', 'sweep',
+                                            'sweep_plan', 'sweep_report'],
                           'train: train (resuming from workdir) and report; selftrain: round 0 '
                           'then self-training rounds (resuming), report in workdir/rounds.md; '
                           'eval: report the latest checkpoint of workdir; sample: continue '
-                          'prompts with it.')
+                          'prompts with it; sweep: run an ablation file (configs/ablations/) '
+                          'variant x seed in workdir/<variant>/seed_<s>, skipping finished '
+                          'runs, report in workdir/results.md; sweep_plan: print its entries '
+                          'and their commands; sweep_report: rebuild its report.')
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', os.environ.get('SELFFB_MULTIHOST') == '1',
     'Call jax.distributed.initialize() first (every host runs the same command). Cluster '
@@ -37,6 +41,12 @@ _COMPILATION_CACHE = flags.DEFINE_string(
                    os.path.join(os.path.expanduser('~'), '.cache', 'selffb', 'jax')),
     "JAX's persistent compilation cache: a rerun of the same command loads its compiled steps "
     "instead of compiling them; '' turns it off.")
+_SWEEP_INDEX = flags.DEFINE_integer('sweep_index', None, 'sweep, sweep_plan: entry i only '
+                                   '(0-based, as sweep_plan lists them), e.g. a job array task.')
+_SWEEP_EXECUTOR = flags.DEFINE_enum(
+    'sweep_executor', 'local', ['local', 'slurm', 'submitit_local'],
+    'sweep: local runs the entries here one after another; slurm submits a job per entry '
+    'through submitit with config.slurm; submitit_local runs those jobs as local processes.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Also print the whole config (it is always '
                              'written to workdir/config.json).')
 flags.mark_flags_as_required(['workdir'])
@@ -55,12 +65,17 @@ class _QuietLibraries(std_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _CONFIG.value is None and _MODE.value in ('train', 'selftrain'):
-    raise app.UsageError(f'--mode={_MODE.value} needs --config (e.g. configs/default.py).')
+  if _CONFIG.value is None and _MODE.value in ('train', 'selftrain', 'sweep', 'sweep_plan'):
+    raise app.UsageError(f'--mode={_MODE.value} needs --config (e.g. configs/default.py, or '
+                         'for the sweep modes a file in configs/ablations/).')
+  if _SWEEP_INDEX.value is not None and _MODE.value not in ('sweep', 'sweep_plan'):
+    raise app.UsageError('--sweep_index applies to --mode=sweep and --mode=sweep_plan.')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Before JAX's backend starts its threads; for the training modes only, since it makes
   # compiling slower and eval and sample mostly compile.
-  if _MODE.value in ('train', 'selftrain') and _CONFIG.value.train.reuse_host_memory:
+  trains = _MODE.value in ('train', 'selftrain') or (
+      _MODE.value == 'sweep' and _SWEEP_EXECUTOR.value == 'local' and not _DRY_RUN.value)
+  if trains and _CONFIG.value.train.reuse_host_memory:
     from selffb.cpu import host_memory  # pylint: disable=g-import-not-at-top
     logging.info('host memory reuse (glibc malloc settings): %s',
                  'on' if host_memory.reuse_freed_memory() else 'unavailable, not glibc')
@@ -89,10 +104,27 @@ def main(argv):
     sys.exit(2)
 
 
+def _run_sweep_mode():
+  from selffb.sweep import run  # pylint: disable=g-import-not-at-top
+  config_file, overrides = None, {}
+  if _CONFIG.value is not None:  # The ablation file's path (for its sweep()) and the overrides.
+    config_file = config_flags.get_config_filename(flags.FLAGS['config'])
+    overrides = config_flags.get_override_values(flags.FLAGS['config'])
+  args = (_CONFIG.value, config_file, overrides, _WORKDIR.value)
+  if _MODE.value == 'sweep_report':
+    run.report(*args)
+  elif _MODE.value == 'sweep_plan' or _DRY_RUN.value:
+    run.print_plan(*args, _SWEEP_INDEX.value, _SWEEP_EXECUTOR.value)
+  else:
+    run.run_sweep(*args, _SWEEP_INDEX.value, _SWEEP_EXECUTOR.value)
+
+
 def _run_mode():
   from selffb import selftrain  # pylint: disable=g-import-not-at-top
   from selffb.modes import dry_run, evaluate, sample, train  # pylint: disable=g-import-not-at-top
-  if _DRY_RUN.value:
+  if _MODE.value.startswith('sweep'):
+    _run_sweep_mode()
+  elif _DRY_RUN.value:
     dry_run.plan(_CONFIG.value, _WORKDIR.value, _MODE.value)
   elif _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

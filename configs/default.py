@@ -147,4 +147,18 @@ def get_config(arg=None):
   c.mesh.rules.head_dim = ''  # Per-head width: replicated.
   c.mesh.rules.vocab = ''  # Vocabulary (259 bytes does not split evenly): replicated.
   c.mesh.rules.layers = ''  # The stacked layer axis of scanned blocks: replicated.
+
+  c.slurm = ml_collections.ConfigDict()  # --mode=sweep --sweep_executor=slurm: a job an entry.
+  c.slurm.partition = ''  # sbatch --partition; '' is the cluster's default.
+  c.slurm.account = ''  # sbatch --account; '' for none.
+  c.slurm.qos = ''  # sbatch --qos; '' for none.
+  c.slurm.constraint = ''  # sbatch --constraint (node features, e.g. 'a100'); '' for none.
+  c.slurm.nodes = 1  # Nodes per job; > 1 runs the entry with --multihost, one process a node.
+  c.slurm.gpus_per_node = 0  # GPUs per node (sbatch --gpus-per-node); 0: CPU-only jobs.
+  c.slurm.cpus_per_task = 2  # CPU cores of each job's process (sbatch --cpus-per-task).
+  c.slurm.mem_gb = 16  # Memory per node in GB (sbatch --mem); 0 leaves the cluster's default.
+  c.slurm.timeout_min = 120  # Time limit of a job in minutes (sbatch --time; submitit_local too).
+  c.slurm.array_parallelism = 64  # Most of the sweep's jobs running at once (job array %N).
+  c.slurm.setup = ()  # Shell lines run before each job, e.g. ('module load cuda',).
+  c.slurm.extra = ()  # Other sbatch options as 'name=value' strings, e.g. ('reservation=r1',).
   return c

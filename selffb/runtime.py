@@ -62,12 +62,15 @@ def locked(workdir):
 
 
 def write_text(path, text):
-  """Process 0 writes path atomically (a temporary file renamed over it)."""
+  """Process 0 writes path atomically (a temporary file renamed over it). The temporary file is
+  the writer's own, so processes that write the same report at once (a sweep's jobs) never
+  rename each other's half-written file."""
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
+    tmp = f'{path}.{socket.gethostname()}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
       f.write(text)
-    os.replace(path + '.tmp', path)
+    os.replace(tmp, path)
 
 
 def write_json(path, obj):

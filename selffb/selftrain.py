@@ -27,6 +27,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from selffb import optim
+from selffb import provenance
 from selffb import report
 from selffb import runtime
 from selffb import sampling
@@ -330,15 +331,21 @@ def _rounds(run):
   if last is None or (st.control and not _control_arm(run, base_dir, params, last)):
     return None
   report.write(workdir, run.rows)
+  self_rows = [r for r in run.rows if r['run'] == 'self']
+  # Written last: marks the run finished (rounds.md is rewritten after every round).
+  runtime.write_json(os.path.join(workdir, 'summary.json'), {
+      'rounds': self_rows[-1]['round'], 'final': self_rows[-1],
+      'wall_s': sum(r['wall_s'] for r in run.rows)})
   logging.info('self-training report: %s\n%s', os.path.join(workdir, 'rounds.md'),
                report.markdown(run.rows))
   return run.rows
 
 
-def check_inputs(config):
-  """Every self-training input, checked before any data is written: the config, the task's
-  hooks, the verifier and the ratings file. Returns (weights, exact check, verifier, ratings)."""
-  checks.check_config(config)
+def check_inputs(config, num_devices=None):
+  """Every self-training input, checked before any data is written: the config (for
+  `num_devices`, default all), the task's hooks, the verifier and the ratings file. Returns
+  (weights, exact check, verifier, ratings)."""
+  checks.check_config(config, num_devices)
   st, task = config.selftrain, tasks.get(config.data.task)
   if not task.SUPPORTS_SELFTRAIN:
     raise checks.ConfigError(f'--mode=selftrain needs a task with self-training hooks; '
@@ -359,6 +366,7 @@ def run_selftrain(config, workdir):
   val, tests, held = s.task.held_out_sets(config, s.splits, s.fmt)
   with runtime.locked(workdir), runtime.StopSignals() as stop_signals:
     runtime.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+    provenance.record(workdir)
     run = _Run(s=s, workdir=workdir, signals=stop_signals, val=val, tests=tests, held_out=held,
                weights=weights, verifier=verifier, exact=exact, ratings=ratings)
     return _rounds(run)

@@ -6,6 +6,7 @@ from absl import logging
 
 from selffb import evaluators
 from selffb import metrics as metrics_lib
+from selffb import provenance
 from selffb import runtime
 from selffb.train import loop
 from selffb.train import setup as setup_lib
@@ -13,9 +14,11 @@ from selffb.train import setup as setup_lib
 
 def train_and_evaluate(config, workdir):
   """Trains in workdir (resuming from its latest checkpoint), evaluates, reports; returns the
-  summary. Process 0 holds a lock on workdir for the whole run (hosts share the workdir)."""
+  summary. Process 0 holds a lock on workdir for the whole run (hosts share the workdir).
+  summary.json, written last, marks a finished run."""
   s = setup_lib.setup(config, workdir)  # Fails on a bad config before anything is written.
   with runtime.locked(workdir), runtime.StopSignals() as signals:
+    provenance.record(workdir)
     summary, best_params = loop.train_loop(s, workdir, signals)
     if 'stopped_by' in summary:
       return summary

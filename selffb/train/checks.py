@@ -117,12 +117,17 @@ def check_config(config, num_devices=None):
     raise ConfigError(f'the config has {len(found)} problem(s):\n  - ' + '\n  - '.join(found))
 
 
-# Saved configs from before the layout move (issue 16) and the new arms (issue 17): keys they
-# added, with the values those runs had, and the key removed (the tokenizer owns the vocabulary).
+# Saved configs from before the layout move (issue 16), the new arms and the sweep's executor
+# settings (issue 17): keys they added, with the values those runs had (the slurm defaults change
+# nothing a run computes), and the key removed (the vocabulary now comes from the tokenizer).
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
           'optim.feedback_scale_at': 'gradients', 'feedback.blend': 'none',
-          'feedback.blend_fraction': 0.5}
+          'feedback.blend_fraction': 0.5,
+          'slurm.partition': '', 'slurm.account': '', 'slurm.qos': '', 'slurm.constraint': '',
+          'slurm.nodes': 1, 'slurm.gpus_per_node': 0, 'slurm.cpus_per_task': 2,
+          'slurm.mem_gb': 16, 'slurm.timeout_min': 120, 'slurm.array_parallelism': 64,
+          'slurm.setup': [], 'slurm.extra': []}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).

@@ -62,6 +62,12 @@ RANGES = {
     'selftrain.target_digits': AT_LEAST_0,
     'selftrain.target_accuracy': UNIT,
     'selftrain.patience': AT_LEAST_0,
+    'slurm.nodes': AT_LEAST_1,
+    'slurm.gpus_per_node': AT_LEAST_0,
+    'slurm.cpus_per_task': AT_LEAST_1,
+    'slurm.mem_gb': AT_LEAST_0,
+    'slurm.timeout_min': AT_LEAST_1,
+    'slurm.array_parallelism': AT_LEAST_1,
 }
 
 
