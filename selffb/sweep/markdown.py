@@ -35,6 +35,8 @@ def number(col, v, signed=False):
     return f'{v:{sign},.0f}'
   if col in ('wall_s', 'steps', 'rounds'):
     return f'{v:{sign}.0f}'
+  if col.endswith('ppl') and not signed:
+    return f'{v:.4f}'  # Near 1 for a trained model: 4 significant digits would print '1'.
   return f'{v:{sign}.4g}'  # Significant digits: a weighted loss can be 1e-5 late in training.
 
 

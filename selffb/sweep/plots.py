@@ -48,9 +48,11 @@ def val_ce(plt, layout, runs, path):
     if series:
       xs, means, stds = _spread(series)
       line, = ax.plot(xs, means, '-o', markersize=2, label=variant)
-      ax.fill_between(xs, means - stds, means + stds, color=line.get_color(), alpha=0.2)
+      low = np.maximum(means - stds, means / 10)  # A log axis: the band stops a decade below.
+      ax.fill_between(xs, low, means + stds, color=line.get_color(), alpha=0.2)
   ax.set_xlabel('step' + (' (rounds one after another)' if layout['mode'] == 'selftrain' else ''))
-  ax.set_ylabel('validation CE (unweighted)')
+  ax.set_ylabel('validation CE (unweighted, log scale)')
+  ax.set_yscale('log')  # Trained arms sit near 1e-4, a failed one near 10: both stay readable.
   ax.set_title('Validation CE per variant\n(mean over seeds, band ± 1 standard deviation)',
                fontsize=10)
   ax.grid(alpha=0.3)
