@@ -109,10 +109,11 @@ def feedback_loss(logits_BxTxV, targets_BxT, mask_BxT, *, loss='ce', weights, ga
   per_token_BxT = LOSS_ARMS[loss](ce_BxT, f_BxT, gamma)
   if arm_weight is not None:  # None leaves the CE term out of the graph.
     per_token_BxT = (1.0 - arm_weight) * ce_BxT + arm_weight * per_token_BxT
-  a_BxT = jnp.full_like(ce_BxT, 1.0 if arm_weight is None else arm_weight)
   count = jnp.maximum(mask_BxT.sum() if denominator is None else denominator, 1.0)
   mean = lambda x: jnp.sum(x * mask_BxT) / count
   correct_BxT = (jnp.argmax(logits_BxTxV, -1) == targets_BxT).astype(jnp.float32)
+  # a's share of this (micro)batch's tokens, so microbatches' values add up to a.
+  blend = (1.0 if arm_weight is None else arm_weight) * jnp.sum(mask_BxT) / count
   aux = {'ce': mean(ce_BxT), 'accuracy': mean(correct_BxT), 'mean_f': mean(f_BxT),
-         'blend': mean(a_BxT), 'f': f_BxT}
+         'blend': blend, 'f': f_BxT}
   return mean(per_token_BxT), aux

@@ -18,10 +18,10 @@ def signature(s):
   """What Setup `s`'s compiled init, train and eval steps depend on beyond their arguments'
   shapes: the model, the task's loss, the feedback spec, the optimizer (its schedule is baked
   in), the mesh and the XLA options."""
-  c = s.config
-  keys = {'model': c.model.to_dict(), 'optim': c.optim.to_dict(), 'task': c.data.task,
-          'num_steps': c.train.num_steps, 'accum': c.train.grad_accum_steps,
-          'rules': c.mesh.rules.to_dict(), 'xla': xla_flags.for_mesh(c, s.mesh)}
+  c = s.config  # The model is its frozen config; the optimizer is rebuilt from these keys.
+  keys = {'optim': c.optim.to_dict(), 'num_steps': c.train.num_steps,
+          'accum': c.train.grad_accum_steps, 'rules': c.mesh.rules.to_dict(),
+          'xla': xla_flags.for_mesh(c, s.mesh)}
   return (s.model.__name__, s.model_cfg, s.task.__name__, s.fb, s.mesh,
           json.dumps(keys, sort_keys=True, default=str))
 
