@@ -32,13 +32,14 @@ TINY = os.path.join(ROOT, 'configs', 'ablations', 'tiny.py')
 STEPS = {'train.num_steps': 10}
 
 
-def ablation(path, variants, seeds=(0,), mode='train', control=None, base='tiny', extra=''):
+def ablation(path, variants, seeds=(0,), mode='train', control=None, base='tiny', extra='',
+             share=False):
   """Writes an ablation file over configs/<base>.py; returns its path."""
   path.write_text(
       f'from configs import {base}\n\n\ndef get_config(arg=None):\n'
       f'  c = {base}.get_config(arg)\n{extra}  return c\n\n\ndef sweep():\n'
       f'  return {{"mode": {mode!r}, "seeds": {tuple(seeds)!r}, "control": {control!r}, '
-      f'"variants": {variants!r}}}\n')
+      f'"variants": {variants!r}, "share_round0": {share!r}}}\n')
   return str(path)
 
 
@@ -103,6 +104,17 @@ def test_bad_values_of_every_variant_fail_before_any_run(tmp_path):
     ({'mode': 'train', 'seeds': (0,), 'control': None, 'variants': {'a b': {}}}, 'directory'),
     ({'mode': 'train', 'seeds': (0,), 'control': None, 'variants': {'a': {'seed': 1}}},
      "sets 'seed'"),
+    ({'mode': 'train', 'seeds': (0,), 'control': None, 'variants': {'a': {}}, 'shared': True},
+     "unknown key 'shared'"),
+    ({'mode': 'selftrain', 'seeds': (0,), 'control': None, 'variants': {'a': {}},
+      'share_round0': 1}, "['share_round0']=1: True or False"),
+    ({'mode': 'train', 'seeds': (0,), 'control': None, 'variants': {'a': {}},
+      'share_round0': True}, "mode is 'train', not 'selftrain'"),
+    ({'mode': 'selftrain', 'seeds': (0,), 'control': None, 'share_round0': True,
+      'variants': {'a': {'selftrain.theta': 0.5}, 'b': {'optim.lr': 1e-3}}},
+     "variant 'b' sets optim.lr: with share_round0 a variant sets only selftrain.* keys"),
+    ({'mode': 'selftrain', 'seeds': (0,), 'control': None, 'share_round0': True,
+      'variants': {'a': {'selftrain.init_workdir': '/x'}}}, 'and not selftrain.init_workdir'),
 ])
 def test_malformed_sweeps_are_named(spec, fragment):
   found = plan.spec_problems(spec)
@@ -457,18 +469,20 @@ def test_a_sweep_stopped_mid_run_resumes_that_run_then_skips_it(tmp_path):
   assert out.returncode == 0 and out.stderr.count('skipped (finished)') == 2
 
 
+SELF_EXTRA = ''.join(f'  c.{k} = {v!r}\n' for k, v in {
+    'data.addition.format': 'aligned', 'data.addition.position_shift': 1,
+    'data.addition.test_digits': (2, 3, 4), 'train.num_steps': 10, 'selftrain.rounds': 1,
+    'selftrain.start_digits': 0, 'selftrain.prompts_per_round': 16,
+    'selftrain.steps_per_round': 5, 'selftrain.warmup_steps': 1,
+    'selftrain.val_per_length': 8, 'selftrain.weights.verifier': 0.0,
+    'selftrain.weights.format': 1.0, 'selftrain.theta': 0.0}.items())
+
+
 @pytest.mark.slow
 def test_a_selftrain_sweep_reports_rounds(tmp_path):
-  extra = ''.join(f'  c.{k} = {v!r}\n' for k, v in {
-      'data.addition.format': 'aligned', 'data.addition.position_shift': 1,
-      'data.addition.test_digits': (2, 3, 4), 'train.num_steps': 10, 'selftrain.rounds': 1,
-      'selftrain.start_digits': 0, 'selftrain.prompts_per_round': 16,
-      'selftrain.steps_per_round': 5, 'selftrain.warmup_steps': 1,
-      'selftrain.val_per_length': 8, 'selftrain.weights.verifier': 0.0,
-      'selftrain.weights.format': 1.0, 'selftrain.theta': 0.0}.items())
   path = ablation(tmp_path / 'self.py', {'ce': {'feedback.loss': 'ce'},
                                          'one_minus': {'feedback.loss': 'one_minus'}},
-                  mode='selftrain', control='ce', extra=extra)
+                  mode='selftrain', control='ce', extra=SELF_EXTRA)
   workdir = str(tmp_path / 'sweep')
   assert [r['status'] for r in run.run_sweep(load_config(path), path, {}, workdir)] == [
       'done', 'done']
@@ -480,3 +494,29 @@ def test_a_selftrain_sweep_reports_rounds(tmp_path):
   assert float(row['steps']) == 15  # Round 0 and round 1.
   for png in ('val_ce.png', 'test_exact.png', 'rounds.png'):
     assert os.path.getsize(os.path.join(workdir, png)) > 5000, png
+
+
+@pytest.mark.slow
+def test_share_round0_trains_round_zero_once_per_seed(tmp_path):
+  path = ablation(tmp_path / 'share.py', {'keep_all': {'selftrain.theta': 0.0},
+                                          'fewer': {'selftrain.prompts_per_round': 8}},
+                  mode='selftrain', extra=SELF_EXTRA, share=True)
+  workdir, config = str(tmp_path / 'sweep'), load_config(path)
+  base_r0 = os.path.join(workdir, 'keep_all', 'seed_0', 'rounds', 'r00')
+  with pytest.raises(plan.SweepError, match=r"entries 1 \(fewer seed 0: needs entry 0\) start "
+                     r"from another entry's round 0 \(share_round0\), which has not finished"):
+    run.run_sweep(config, path, {}, workdir, index=1)  # Its round 0 is not trained yet.
+  assert not os.path.exists(os.path.join(workdir, 'fewer')) and not os.path.exists(base_r0)
+  commands = run.print_plan(config, path, {}, workdir)
+  assert f'--config.selftrain.init_workdir={base_r0}' in commands[1]
+  assert 'init_workdir' not in commands[0]
+  assert [r['status'] for r in run.run_sweep(config, path, {}, workdir)] == ['done', 'done']
+  shared_r0 = os.path.join(workdir, 'fewer', 'seed_0', 'rounds', 'r00')
+  assert os.path.isdir(os.path.join(base_r0, 'checkpoints'))
+  assert not os.path.exists(os.path.join(shared_r0, 'checkpoints'))  # Not trained again.
+  base, shared = (json.load(open(os.path.join(d, 'report.json'))) for d in (base_r0, shared_r0))
+  assert base['steps'] == 10 and shared['steps'] == 0
+  assert (shared['val'], shared['test']) == (base['val'], base['test'])  # The same parameters.
+  rounds = [json.load(open(os.path.join(workdir, v, 'seed_0', 'rounds', 'r01', 'report.json')))
+            for v in ('keep_all', 'fewer')]
+  assert [r['kept'] for r in rounds] == [16, 8]

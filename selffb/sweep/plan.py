@@ -8,11 +8,18 @@ and `sweep()`, which returns
     {'mode': 'train',            # or 'selftrain': what each entry runs
      'seeds': (0, 1, 2),         # each sets config.seed
      'control': 'ce',            # the variant the others are compared with, or None
-     'variants': {'ce': {'feedback.loss': 'ce'}, 'one_minus': {...}}}
+     'variants': {'ce': {'feedback.loss': 'ce'}, 'one_minus': {...}},
+     'share_round0': False}      # optional, selftrain: see below
 
 A variant maps flat config keys to values, applied over the file's config (and any --config
 overrides given to the sweep: where both set a key, the variant's value wins). Entries run seed
 by seed (every variant of seed 0 first), so a sweep cut short still compares every variant.
+
+With 'share_round0': True (mode 'selftrain', variants that set only selftrain.* keys, so round 0
+is the same for all of them), each seed's first variant trains round 0 and the others start
+from it (selftrain.init_workdir = <its sub-workdir>/rounds/r00): one round-0 training per seed
+instead of one per entry. Those entries wait for it: here they run after it; submitted, they go
+in a second wave once the first variant's jobs end.
 """
 import copy
 import dataclasses
@@ -32,6 +39,8 @@ from selffb.train import checks
 
 MODES = ('train', 'selftrain')
 SPEC_KEYS = ('mode', 'seeds', 'control', 'variants')
+OPTIONAL_KEYS = ('share_round0',)
+INIT_KEY = 'selftrain.init_workdir'
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))), 'launch.py')
 _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*\Z')
@@ -49,6 +58,7 @@ class Entry:
   workdir: str  # <sweep workdir>/<variant>/seed_<seed>
   overrides: dict  # {flat key: value}: the sweep's --config overrides, the variant's, the seed.
   config: Any  # The resolved, locked ConfigDict.
+  base: Any = None  # share_round0: the index of the entry whose round 0 this one starts from.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +111,8 @@ def spec_problems(spec):
   if not isinstance(spec, dict):
     return [f'sweep() returned a {type(spec).__name__}; it returns a dict with keys {SPEC_KEYS}.']
   found = [f'sweep() has no {k!r} (its keys: {SPEC_KEYS}).' for k in SPEC_KEYS if k not in spec]
-  found += [f'sweep() has an unknown key {k!r} (its keys: {SPEC_KEYS}).' for k in spec
-            if k not in SPEC_KEYS]
+  found += [f'sweep() has an unknown key {k!r} (its keys: {SPEC_KEYS + OPTIONAL_KEYS}).'
+            for k in spec if k not in SPEC_KEYS + OPTIONAL_KEYS]
   if found:
     return found
   mode, seeds, control, variants = (spec[k] for k in SPEC_KEYS)
@@ -117,7 +127,24 @@ def spec_problems(spec):
   if control is not None and control not in variants:
     found.append(f"sweep()['control']={control!r} is not a variant; name one of "
                  f'{tuple(variants)}, or None.')
-  return found
+  return found + _share_problems(spec)
+
+
+def _share_problems(spec):
+  share = spec.get('share_round0', False)
+  if not isinstance(share, bool):
+    return [f"sweep()['share_round0']={share!r}: True or False."]
+  if not share:
+    return []
+  if spec['mode'] != 'selftrain':
+    return [f"sweep()['share_round0'] shares self-training's round 0; mode is "
+            f"{spec['mode']!r}, not 'selftrain'."]
+  return [f"variant {name!r} sets {key}: with share_round0 a variant sets only selftrain.* keys "
+          f"(round 0 depends on the rest){' and not ' + INIT_KEY if key == INIT_KEY else ''}; "
+          'give it its own sweep, or share_round0=False.'
+          for name, overrides in spec['variants'].items() if isinstance(overrides, dict)
+          for key in overrides
+          if isinstance(key, str) and (not key.startswith('selftrain.') or key == INIT_KEY)]
 
 
 def key_problems(config, variants):
@@ -170,10 +197,16 @@ def _raise(config_file, found):
 
 def _entries(config, spec, cli_overrides, workdir, num_devices):
   """(entries, problems): each variant's values and config checked on its first seed."""
-  entries, found = [], []
+  entries, found, bases = [], [], {}
+  first = next(iter(spec['variants']))
   pairs = [(seed, name) for seed in spec['seeds'] for name in spec['variants']]
   for index, (seed, name) in enumerate(pairs):
-    variant = {**spec['variants'][name], 'seed': seed}
+    variant, base = {**spec['variants'][name], 'seed': seed}, None
+    if spec.get('share_round0') and name != first:
+      base = bases[seed]
+      variant[INIT_KEY] = os.path.join(entries[base].workdir, 'rounds', 'r00')
+    elif name == first:
+      bases[seed] = index
     c, bad = apply(config, variant)
     if seed == spec['seeds'][0]:
       found += [f'variant {name!r}: {m}' for m in bad]
@@ -181,7 +214,7 @@ def _entries(config, spec, cli_overrides, workdir, num_devices):
         found += [f'variant {name!r}: {m}' for m in config_problems(spec['mode'], c, num_devices)]
     entries.append(Entry(index=index, variant=name, seed=seed,
                          workdir=os.path.join(workdir, name, f'seed_{seed}'),
-                         overrides={**cli_overrides, **variant}, config=c))
+                         overrides={**cli_overrides, **variant}, config=c, base=base))
   return entries, found
 
 
@@ -218,6 +251,14 @@ def select(sw, index):
     raise SweepError(f'--sweep_index={index} is out of range: the sweep {sw.name} has {n} '
                      f'entries, 0..{n - 1} (--mode=sweep_plan lists them).')
   return (sw.entries[index],)
+
+
+def base_ready(entry):
+  """True unless `entry` starts from another entry's round 0 (share_round0) that has not
+  finished."""
+  if entry.base is None:
+    return True
+  return os.path.exists(os.path.join(entry.config.selftrain.init_workdir, 'report.json'))
 
 
 def flag_value(value):

@@ -92,12 +92,16 @@ def _run_entry(mode, entry):
 def _run_here(sw, entries):
   """The entries one after another in this process; returns their statuses. A run that
   diverges is a result of its arm, not a reason to stop the others: it is reported at the end."""
-  progress, out, diverged = _Progress(sw, entries), [], []
+  progress, out, diverged, waiting = _Progress(sw, entries), [], [], []
   for e in entries:
     if jax.process_count() > 1:  # Every host decides what is finished from the same files.
       multihost_utils.sync_global_devices(f'sweep entry {e.index}')
     if aggregate.finished(e.workdir):
       out.append(progress.line(e, 'skipped (finished)', 0))
+      continue
+    if not plan.base_ready(e):
+      waiting.append(f'{e.index} ({e.variant} seed {e.seed}: needs entry {e.base})')
+      out.append(progress.line(e, f'waiting (round 0 of entry {e.base} has not finished)', 0))
       continue
     logging.info('sweep %d/%d: %s seed %d in %s', e.index + 1, len(sw.entries), e.variant,
                  e.seed, e.workdir)
@@ -114,10 +118,15 @@ def _run_here(sw, entries):
       continue
     aggregate.write(plan.layout(sw), sw.workdir)
     out.append(progress.line(e, f'done in {loop.fmt_time(time.time() - t0)}', 1))
-  if diverged:
+  if diverged or waiting:
     aggregate.write(plan.layout(sw), sw.workdir)
+  if diverged:
     raise plan.SweepError(f'entries {", ".join(diverged)} diverged (their lines above say '
                           'where); the others ran. A rerun retries them from their checkpoints.')
+  if waiting:
+    raise plan.SweepError(f'entries {", ".join(waiting)} start from another entry\'s round 0 '
+                          '(share_round0), which has not finished: run that entry first '
+                          '(--sweep_index), then these.')
   return out
 
 
@@ -186,7 +195,23 @@ def _run_jobs(sw, entries, executor):
     if aggregate.finished(e.workdir):
       out.append(progress.line(e, 'skipped (finished)', 0))
   todo = [e for e in entries if not aggregate.finished(e.workdir)]
-  waiting, failed = _submit(sw, todo, executor) if todo else [], []
+  first = [e for e in todo if e.base is None or plan.base_ready(e)]
+  failed = _wait(_submit(sw, first, executor) if first else [], progress, out)
+  # share_round0: the entries that start from a round 0 trained in the first wave.
+  second = [e for e in todo if e not in first and plan.base_ready(e)]
+  failed += _wait(_submit(sw, second, executor) if second else [], progress, out)
+  failed += [f'{e.variant} seed {e.seed} (not submitted: round 0 of entry {e.base} did not '
+             'finish)' for e in todo if e not in first and e not in second]
+  aggregate.write(plan.layout(sw), sw.workdir)
+  if failed:
+    raise plan.SweepError(f'{len(failed)} job(s) failed: ' + '; '.join(failed) + '. Rerun the '
+                          'sweep to run them again: finished entries are skipped.')
+  return out
+
+
+def _wait(waiting, progress, out):
+  """Waits for the submitted [(entry, job)]; appends their statuses; returns the failures."""
+  failed = []
   while waiting:
     time.sleep(POLL_S)
     for e, job in [w for w in waiting if w[1].done()]:
@@ -201,11 +226,7 @@ def _run_jobs(sw, entries, executor):
         out.append(progress.line(e, f'done (job {job.job_id})', 1))
       else:  # A signal (e.g. the time limit) stopped it after a checkpoint: rerun to resume.
         out.append(progress.line(e, f'stopped (job {job.job_id})', 0))
-  aggregate.write(plan.layout(sw), sw.workdir)
-  if failed:
-    raise plan.SweepError(f'{len(failed)} job(s) failed: ' + '; '.join(failed) + '. Rerun the '
-                          'sweep to run them again: finished entries are skipped.')
-  return out
+  return failed
 
 
 def run_sweep(config, config_file, cli_overrides, workdir, index=None, executor='local'):
