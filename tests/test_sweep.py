@@ -20,6 +20,7 @@ from configs import default
 from selffb import checkpoint
 from selffb import metrics
 from selffb import provenance
+from selffb import runtime
 from selffb.modes import run_config
 from selffb.sweep import aggregate
 from selffb.sweep import plan
@@ -520,3 +521,41 @@ def test_share_round0_trains_round_zero_once_per_seed(tmp_path):
   rounds = [json.load(open(os.path.join(workdir, v, 'seed_0', 'rounds', 'r01', 'report.json')))
             for v in ('keep_all', 'fewer')]
   assert [r['kept'] for r in rounds] == [16, 8]
+
+
+def test_submitted_share_round0_entries_go_in_a_second_wave(tmp_path, monkeypatch):
+  path = ablation(tmp_path / 'share.py', {'a': {'selftrain.theta': 0.0},
+                                          'b': {'selftrain.theta': 0.5},
+                                          'c': {'selftrain.theta': 0.9}},
+                  seeds=(0, 1), mode='selftrain', extra=SELF_EXTRA, share=True)
+  waves = []
+
+  class Job:  # What _wait reads of a submitit job.
+    job_id, paths = 'j', None
+
+    def done(self):
+      return True
+
+    def result(self):
+      return None
+
+  def fake_submit(sw, entries, executor):  # Writes what a finished self-training run writes.
+    del executor
+    waves.append([e.index for e in entries])
+    for e in entries:
+      if e.base is None and e.seed == 0:  # Seed 1's round 0 "fails": its job writes nothing.
+        os.makedirs(os.path.join(e.workdir, 'rounds', 'r00'))
+        runtime.write_json(os.path.join(e.workdir, 'rounds', 'r00', 'report.json'), {})
+      if e.seed == 0:
+        runtime.write_json(os.path.join(e.workdir, 'summary.json'), {'wall_s': 1.0})
+    return [(e, Job()) for e in entries]
+
+  monkeypatch.setattr(run, '_submit', fake_submit)
+  monkeypatch.setattr(run, '_check_available', lambda executor: None)
+  monkeypatch.setattr(run, 'POLL_S', 0.0)
+  monkeypatch.setattr(aggregate, 'write', lambda layout, workdir: '')  # The fakes hold no rows.
+  with pytest.raises(plan.SweepError) as e:
+    run.run_sweep(load_config(path), path, {}, str(tmp_path / 'sweep'), None, 'submitit_local')
+  assert waves == [[0, 3], [1, 2]]  # Round-0 trainers first; seed 1's others never submitted.
+  assert ('b seed 1 (not submitted: round 0 of entry 3 did not finish)' in str(e.value) and
+          'c seed 1 (not submitted' in str(e.value))
