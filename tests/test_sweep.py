@@ -176,6 +176,10 @@ def test_paired_difference_and_its_confidence_interval():
   assert aggregate.paired_difference({1: 1.0}, {0: 1.0}).n == 0
   mean, std = aggregate.mean_std([1.0, 2.0, 4.0])
   assert mean == pytest.approx(7 / 3) and std == pytest.approx(np.std([1, 2, 4], ddof=1))
+  # A diverged seed's inf or NaN is left out instead of turning the variant's row into '-'.
+  assert aggregate.mean_std([1.0, float('inf'), 3.0, float('nan')]) == (2.0, np.sqrt(2))
+  d = aggregate.paired_difference({0: 1.0, 1: float('nan'), 2: 4.0}, {0: 0.5, 1: 1.0, 2: 1.5})
+  assert d.n == 2 and d.mean == pytest.approx(1.5)
 
 
 # ---- Provenance and old runs. ----
@@ -521,6 +525,11 @@ def test_share_round0_trains_round_zero_once_per_seed(tmp_path):
   rounds = [json.load(open(os.path.join(workdir, v, 'seed_0', 'rounds', 'r01', 'report.json')))
             for v in ('keep_all', 'fewer')]
   assert [r['kept'] for r in rounds] == [16, 8]
+  steps = {r['variant']: r['steps'] for r in read_csv(os.path.join(workdir, 'runs.csv'))}
+  assert steps == {'keep_all': '15', 'fewer': '15'}  # Round 0's 10 steps count for both.
+  with pytest.raises(plan.SweepError, match=r"config.selftrain.init_workdir='/elsewhere' takes "
+                     'it from elsewhere: drop one of them'):
+    run.print_plan(load_config(path, {'selftrain.init_workdir': '/elsewhere'}), path, {}, workdir)
 
 
 def test_submitted_share_round0_entries_go_in_a_second_wave(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ def paired_difference(a, b, confidence=0.95):
   confidence interval, mean -+ t_{(1+confidence)/2, n-1} * sd / sqrt(n)."""
   seeds = sorted(set(a) & set(b))
   d = np.array([a[s] - b[s] for s in seeds], np.float64)
+  d = d[np.isfinite(d)]
   if not len(d):
     return Difference(math.nan, math.nan, math.nan, 0)
   mean = float(d.mean())
@@ -55,6 +56,7 @@ def paired_difference(a, b, confidence=0.95):
 def mean_std(values):
   """Mean and sample standard deviation (NaN where undefined)."""
   v = np.array(values, np.float64)
+  v = v[np.isfinite(v)]  # A diverged seed's inf or NaN would hide the others: left out.
   return (float(v.mean()) if len(v) else math.nan,
           float(v.std(ddof=1)) if len(v) > 1 else math.nan)
 
@@ -118,9 +120,19 @@ def self_rounds(directory):
           if os.path.exists(os.path.join(d, 'report.json'))]
 
 
+def shared_round0(directory):
+  """The round-0 directory a self-training run started from (its selftrain.init_workdir) when
+  that is another run's finished round 0 (a sweep's share_round0), else None: its training
+  steps, time and curve count for this run too, so variants compare at equal cost."""
+  path = os.path.join(directory, 'config.json')
+  init = _read_json(path).get('selftrain', {}).get('init_workdir') if os.path.exists(path) else ''
+  return init if init and os.path.exists(os.path.join(init, 'report.json')) else None
+
+
 def selftrain_metrics(directory):
   summary = _read_json(os.path.join(directory, 'summary.json'))
-  final = summary['final']
+  final, base = summary['final'], shared_round0(directory)
+  base_row = _read_json(os.path.join(base, 'report.json')) if base else {}
   rows = read_rows(os.path.join(directory, 'rounds', f"r{final['round']:02d}", 'metrics.jsonl'))
   every = [r for _, d in round_dirs(directory)
            for r in read_rows(os.path.join(d, 'metrics.jsonl'))]
@@ -128,7 +140,8 @@ def selftrain_metrics(directory):
   return {'val_exact': final['val_exact'], 'val_ce': ce,
           'val_ppl': None if ce is None else float(np.exp(ce)), **_train_side(rows, every),
           'rounds': summary['rounds'], **{f'test_exact/{k}': v for k, v in final['test'].items()},
-          'steps': sum(r['steps'] for r in self_rounds(directory)), 'wall_s': summary['wall_s']}
+          'steps': sum(r['steps'] for r in self_rounds(directory)) + base_row.get('steps', 0),
+          'wall_s': summary['wall_s'] + base_row.get('wall_s', 0.0)}
 
 
 def val_curve(directory, mode):
@@ -137,7 +150,8 @@ def val_curve(directory, mode):
   if mode == 'train':
     dirs = [directory]
   else:
-    dirs = [d for _, d in round_dirs(directory)]
+    base = shared_round0(directory)
+    dirs = [base if r == 0 and base else d for r, d in round_dirs(directory)]
   points, offset = [], 0
   for d in dirs:
     rows = read_rows(os.path.join(d, 'metrics.jsonl'))

@@ -33,8 +33,10 @@ def number(col, v, signed=False):
     return f'{100 * v:{sign}.1f}'
   if col == 'tokens_per_s':
     return f'{v:{sign},.0f}'
-  if col in ('wall_s', 'steps', 'rounds'):
+  if col in ('wall_s', 'steps'):
     return f'{v:{sign}.0f}'
+  if col == 'rounds':  # A mean over seeds that stopped at different rounds: 1.3, not 1.
+    return f'{v:{sign}.1f}'
   if col.endswith('ppl') and not signed:
     return f'{v:.4f}'  # Near 1 for a trained model: 4 significant digits would print '1'.
   return f'{v:{sign}.4g}'  # Significant digits: a weighted loss can be 1e-5 late in training.

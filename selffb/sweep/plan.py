@@ -233,6 +233,10 @@ def build(config, config_file, cli_overrides, workdir, num_devices):
   if shadowed:
     logging.warning('the variants and seeds set %s: their values win over the --config '
                     'overrides there.', ', '.join(shadowed))
+  if spec.get('share_round0') and config.selftrain.init_workdir:
+    _raise(config_file, [f'share_round0 trains round 0 in each seed\'s first variant, but '
+                         f'config.selftrain.init_workdir={config.selftrain.init_workdir!r} '
+                         'takes it from elsewhere: drop one of them.'])
   entries, found = _entries(config, spec, dict(cli_overrides), workdir, num_devices)
   if found:
     _raise(config_file, found)

@@ -4,6 +4,7 @@ value per variant and length with error bars over seeds; and for self-training s
 rounds.png, test exact match per length over the rounds, a panel per variant."""
 import collections
 import os
+import socket
 
 import numpy as np
 
@@ -19,7 +20,7 @@ def _pyplot():
 
 def _save(plt, fig, path):
   """Atomically, like the other reports: a reader never sees half a PNG."""
-  tmp = f'{path}.{os.getpid()}.tmp'
+  tmp = f'{path}.{socket.gethostname()}.{os.getpid()}.tmp'  # Jobs may share a filesystem.
   fig.savefig(tmp, format='png', dpi=100)
   plt.close(fig)
   os.replace(tmp, path)
