@@ -499,6 +499,15 @@ def test_a_selftrain_sweep_reports_rounds(tmp_path):
   assert float(row['steps']) == 15  # Round 0 and round 1.
   for png in ('val_ce.png', 'test_exact.png', 'rounds.png'):
     assert os.path.getsize(os.path.join(workdir, png)) > 5000, png
+  # Per variant and round: what was kept, its precision, test exact match per length.
+  by_round = read_csv(os.path.join(workdir, 'rounds.csv'))
+  assert [(r['variant'], r['round']) for r in by_round] == [
+      ('ce', '0'), ('ce', '1'), ('one_minus', '0'), ('one_minus', '1')]
+  r1 = json.load(open(os.path.join(workdir, 'ce', 'seed_0', 'rounds', 'r01', 'report.json')))
+  assert float(by_round[1]['kept_mean']) == r1['kept'] and by_round[1]['digits'] == '4'
+  assert float(by_round[1]['test/4_mean']) == r1['test']['4'] and by_round[1]['seeds'] == '1'
+  assert by_round[0]['kept_mean'] == ''  # Round 0 keeps nothing: it trains on the task's data.
+  assert '| ce | 1 | 4 | 1 | 16 |' in open(os.path.join(workdir, 'results.md')).read()
 
 
 @pytest.mark.slow
