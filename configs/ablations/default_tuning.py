@@ -9,7 +9,10 @@ from configs import default
 
 
 def get_config(arg=None):
-  return default.get_config(arg)
+  c = default.get_config(arg)
+  c.selftrain.prompts_per_round = 2_000  # As run: before the default took 8,000 and 400.
+  c.selftrain.steps_per_round = 300
+  return c
 
 
 def sweep():
