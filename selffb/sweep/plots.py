@@ -113,9 +113,10 @@ def rounds(plt, layout, runs, path):
     ax.grid(alpha=0.3)
   for ax in list(axes.flat)[len(variants):]:
     ax.axis('off')
-  axes.flat[0].legend(fontsize=7, title='length', loc='best')
+  handles, labels = axes.flat[0].get_legend_handles_labels()
   fig.suptitle('Greedy test exact match per length after each round (mean over seeds)')
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1 - 0.9 / (4.5 * ncols), 1))  # Room on the right for the legend.
+  fig.legend(handles, labels, fontsize=7, title='length', loc='center right')
   _save(plt, fig, path)
 
 
