@@ -32,6 +32,7 @@ def reference_config():
                  positions='learned', max_len=256, norm='layernorm', mlp='gelu',
                  tie_embeddings=True, use_bias=True, attention_block=128)
   c.mesh.data = 1
+  c.optim.feedback_scale = 'relative'  # The full chain, as measured before the default dropped it.
   return c
 
 
