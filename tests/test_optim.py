@@ -11,6 +11,7 @@ from selffb.train import checks
 
 def optim_config(**overrides):
   c = default.get_config().optim
+  c.feedback_scale = 'relative'  # The scaled chain these tests check (the default is 'none').
   c.update(overrides)
   return c
 
@@ -264,6 +265,8 @@ def resume(saved_optim, current_optim, saved_drop=()):
   """checks.resume_changes for a default config saved with these optim values, resumed with
   those; `saved_drop` keys are left out of the saved config, as older selffbs wrote it."""
   saved, current = default.get_config(), default.get_config()
+  for c in (saved, current):
+    c.optim.feedback_scale = 'relative'
   saved.optim.update(saved_optim)
   current.optim.update(current_optim)
   saved_dict = saved.to_dict()
