@@ -577,3 +577,12 @@ def test_submitted_share_round0_entries_go_in_a_second_wave(tmp_path, monkeypatc
   assert waves == [[0, 3], [1, 2]]  # Round-0 trainers first; seed 1's others never submitted.
   assert ('b seed 1 (not submitted: round 0 of entry 3 did not finish)' in str(e.value) and
           'c seed 1 (not submitted' in str(e.value))
+
+
+def test_a_report_from_the_config_skips_the_device_checks(tmp_path):
+  overrides = {'mesh.data': 16}  # More devices than this machine has: a GPU sweep's mesh.
+  config = load_config(TINY, overrides)
+  with pytest.raises(plan.SweepError, match='16'):
+    run.print_plan(config, TINY, overrides, str(tmp_path / 'sweep'))
+  text = run.report(config, TINY, overrides, str(tmp_path / 'sweep'))
+  assert '| 0 | ce | 0 | not started |' in text

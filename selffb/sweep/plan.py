@@ -210,7 +210,7 @@ def _entries(config, spec, cli_overrides, workdir, num_devices):
     c, bad = apply(config, variant)
     if seed == spec['seeds'][0]:
       found += [f'variant {name!r}: {m}' for m in bad]
-      if not bad:
+      if not bad and num_devices is not None:
         found += [f'variant {name!r}: {m}' for m in config_problems(spec['mode'], c, num_devices)]
     entries.append(Entry(index=index, variant=name, seed=seed,
                          workdir=os.path.join(workdir, name, f'seed_{seed}'),
@@ -220,7 +220,8 @@ def _entries(config, spec, cli_overrides, workdir, num_devices):
 
 def build(config, config_file, cli_overrides, workdir, num_devices):
   """The sweep of the ablation file `config_file` (whose get_config() and --config overrides
-  gave `config`) in `workdir`, with every entry's config checked for `num_devices` devices.
+  gave `config`) in `workdir`, with every entry's config checked for `num_devices` devices
+  (None: only the keys and value types, for a report that runs nothing).
   Raises SweepError naming every problem of every variant; writes nothing."""
   spec = load_spec(config_file)
   found = spec_problems(spec)

@@ -272,8 +272,8 @@ def report(config, config_file, cli_overrides, workdir):
   """--mode=sweep_report: rebuilds the report from the sub-workdirs (the sweep's layout from
   workdir/sweep.json, or from --config when given); prints and returns results.md."""
   if config is not None:
-    layout = plan.layout(plan.build(config, config_file, cli_overrides, workdir,
-                                    jax.device_count()))
+    # No device checks: a report runs nothing, e.g. on a login node for a GPU sweep.
+    layout = plan.layout(plan.build(config, config_file, cli_overrides, workdir, None))
   else:
     path = os.path.join(workdir, 'sweep.json')
     if not os.path.exists(path):
