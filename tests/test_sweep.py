@@ -505,7 +505,7 @@ def test_a_selftrain_sweep_reports_rounds(tmp_path):
       ('ce', '0'), ('ce', '1'), ('one_minus', '0'), ('one_minus', '1')]
   r1 = json.load(open(os.path.join(workdir, 'ce', 'seed_0', 'rounds', 'r01', 'report.json')))
   assert float(by_round[1]['kept_mean']) == r1['kept'] and by_round[1]['digits'] == '4'
-  assert float(by_round[1]['test/4_mean']) == r1['test']['4'] and by_round[1]['seeds'] == '1'
+  assert float(by_round[1]['test_exact/4_mean']) == r1['test']['4'] and by_round[1]['seeds'] == '1'
   assert by_round[0]['kept_mean'] == ''  # Round 0 keeps nothing: it trains on the task's data.
   assert '| ce | 1 | 4 | 1 | 16 |' in open(os.path.join(workdir, 'results.md')).read()
 

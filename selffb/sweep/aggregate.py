@@ -229,30 +229,24 @@ ROUND_KEYS = ('kept', 'label_precision', 'candidate_accuracy')
 
 
 def round_summary(layout, runs):
-  """Self-training sweeps: one row per variant and round over the finished seeds: mean and
-  std of the kept count, the kept labels' precision, the candidates' accuracy and the test
-  exact match per length (test/<n>)."""
-  out = []
+  """Self-training sweeps: (rows, columns). One row per variant and round over the finished
+  seeds, with the mean and std of each column: the kept count, the kept labels' precision, the
+  candidates' accuracy and the test exact match per length (test_exact/<n>)."""
+  out, tests = [], set()
   for v in layout['variants']:
     done = [r['rounds'] for r in runs if r['variant'] == v and r['status'] == 'finished']
     for i in range(max((len(rounds) for rounds in done), default=0)):
       at = [rounds[i] for rounds in done if len(rounds) > i]
+      digits = at[0].get('digits')  # Round 0's is the training range, a string: left blank.
       row = {'variant': v, 'round': i, 'seeds': len(at),
-             'digits': at[0].get('digits', '') if isinstance(at[0].get('digits'), int) else ''}
+             'digits': digits if isinstance(digits, int) else ''}
       values = {k: [a.get(k) for a in at] for k in ROUND_KEYS}
-      values.update({f'test/{n}': [a['test'].get(n) for a in at] for n in at[0]['test']})
+      values.update({f'test_exact/{n}': [a['test'].get(n) for a in at] for n in at[0]['test']})
+      tests |= set(values) - set(ROUND_KEYS)
       for k, vs in values.items():
         row[f'{k}_mean'], row[f'{k}_std'] = mean_std([x for x in vs if x is not None])
       out.append(row)
-  return out
-
-
-def round_fields(rows):
-  keys = list(ROUND_KEYS) + sorted({k[:-5] for r in rows for k in r
-                                    if k.startswith('test/') and k.endswith('_mean')},
-                                   key=_natural)
-  return ['variant', 'round', 'digits', 'seeds'] + [f'{k}_{s}' for k in keys
-                                                    for s in ('mean', 'std')]
+  return out, list(ROUND_KEYS) + sorted(tests, key=_natural)
 
 
 def _csv(fields, rows):
@@ -284,8 +278,8 @@ def write(layout, workdir):
   runs = collect(layout, workdir)
   cols = columns(layout['mode'], runs)
   rows = summarize(layout, runs, cols)
-  by_round = round_summary(layout, runs) if layout['mode'] == 'selftrain' else []
-  text = markdown.render(layout, runs, rows, cols, diff_columns(cols), by_round)
+  by_round, round_cols = round_summary(layout, runs) if layout['mode'] == 'selftrain' else ([], [])
+  text = markdown.render(layout, runs, rows, cols, diff_columns(cols), by_round, round_cols)
   if jax.process_index() == 0:
     runtime.write_text(os.path.join(workdir, 'runs.csv'),
                        _csv(run_fields(cols), [{**r, **r['metrics']} for r in runs]))
@@ -293,7 +287,8 @@ def write(layout, workdir):
                        _csv(result_fields(cols, layout['control']), rows))
     runtime.write_text(os.path.join(workdir, 'results.md'), text)
     if by_round:
-      runtime.write_text(os.path.join(workdir, 'rounds.csv'),
-                         _csv(round_fields(by_round), by_round))
+      fields = ['variant', 'round', 'digits', 'seeds'] + [f'{c}_{s}' for c in round_cols
+                                                          for s in ('mean', 'std')]
+      runtime.write_text(os.path.join(workdir, 'rounds.csv'), _csv(fields, by_round))
     plots.write(layout, workdir, runs, cols)
   return text

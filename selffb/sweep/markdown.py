@@ -78,21 +78,19 @@ def _differences(rows, diff_cols, control):
                                  [header(c, 'pp') for c in diff_cols], body)
 
 
-def _rounds(by_round):
+def _rounds(by_round, round_cols):
   """Self-training: per variant and round, what was kept and the test exact match."""
-  tests = sorted({k[:-5] for r in by_round for k in r if k.startswith('test/') and
-                  k.endswith('_mean')}, key=lambda k: int(k[5:]) if k[5:].isdigit() else 0)
   body = [[r['variant'], str(r['round']), str(r['digits']), str(r['seeds'])] +
-          [spread(c.replace('test/', 'test_exact/'), r[f'{c}_mean'], r[f'{c}_std']) for c in
-           ('kept', 'label_precision', 'candidate_accuracy', *tests)] for r in by_round]
+          [spread(c, r[f'{c}_mean'], r[f'{c}_std']) for c in round_cols] for r in by_round]
   return ['', 'Per round (mean ± std over the finished seeds): kept self-labelled samples, the '
           "kept labels' precision and all candidates' accuracy (exact check, whatever the "
           'filter), greedy test exact match (%) per operand length.', ''] + table(
-              ['variant', 'round', 'prompted digits', 'seeds', 'kept', 'label precision',
-               'candidate accuracy', *(f'{t[5:]}d' for t in tests)], body)
+              ['variant', 'round', 'prompted digits', 'seeds'] +
+              [c.split('/')[1] + 'd' if '/' in c else c.replace('_', ' ') for c in round_cols],
+              body)
 
 
-def render(layout, runs, rows, cols, diff_cols, by_round=()):
+def render(layout, runs, rows, cols, diff_cols, by_round=(), round_cols=()):
   """results.md's text."""
   control, done = layout['control'], sum(r['status'] == 'finished' for r in runs)
   seeds = ', '.join(str(s) for s in layout['seeds'])
@@ -103,7 +101,7 @@ def render(layout, runs, rows, cols, diff_cols, by_round=()):
   if control is not None and len(rows) > 1:
     lines += _differences(rows, diff_cols, control)
   if by_round:
-    lines += _rounds(by_round)
+    lines += _rounds(by_round, round_cols)
   runs_body = [[str(r['index']), r['variant'], str(r['seed']),
                 r['status'] + (f" ({r['progress']})" if r['progress'] else ''),
                 f"`{r['workdir']}`"] for r in runs]

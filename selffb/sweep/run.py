@@ -195,7 +195,7 @@ def _run_jobs(sw, entries, executor):
     if aggregate.finished(e.workdir):
       out.append(progress.line(e, 'skipped (finished)', 0))
   todo = [e for e in entries if not aggregate.finished(e.workdir)]
-  first = [e for e in todo if e.base is None or plan.base_ready(e)]
+  first = [e for e in todo if plan.base_ready(e)]
   failed = _wait(_submit(sw, first, executor) if first else [], progress, out)
   # share_round0: the entries that start from a round 0 trained in the first wave.
   second = [e for e in todo if e not in first and plan.base_ready(e)]
