@@ -60,6 +60,10 @@ class FeedbackSpec:
   weights: tuple  # ((source, normalised weight), ...)
   blend: str  # A name in BLENDS.
   blend_steps: float  # Steps over which a_t rises to 1: blend_fraction * train.num_steps.
+  beta: float = 0.1  # Preference losses (recorded feedback): DPO / KTO temperature.
+  preference_weight: float = 1.0  # Weight of the preference terms next to the weighted CE.
+  kto_desirable: float = 1.0  # KTO-style lambda_D.
+  kto_undesirable: float = 1.0  # KTO-style lambda_U.
 
   @classmethod
   def from_config(cls, c, num_steps):
@@ -67,8 +71,14 @@ class FeedbackSpec:
     check_loss_name(c.loss)
     check_blend_name(c.blend)
     weights = validate_weights(c.weights.to_dict())
+    p = c.preference
+    if not (p.beta > 0 and min(p.weight, p.kto_desirable, p.kto_undesirable) >= 0):
+      raise ValueError(f'config.feedback.preference: beta={p.beta} must be > 0 and weight, '
+                       'kto_desirable, kto_undesirable >= 0.')
     return cls(loss=c.loss, gamma=float(c.gamma), weights=tuple(sorted(weights.items())),
-               blend=c.blend, blend_steps=float(c.blend_fraction * num_steps))
+               blend=c.blend, blend_steps=float(c.blend_fraction * num_steps),
+               beta=float(p.beta), preference_weight=float(p.weight),
+               kto_desirable=float(p.kto_desirable), kto_undesirable=float(p.kto_undesirable))
 
   def arm_weight(self, step):
     """a_t at `step`, or None for blend 'none' (the arm alone, with no CE term computed)."""

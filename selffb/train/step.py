@@ -17,11 +17,17 @@ def global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def token_count(batch):
+  """The default loss denominator: the batch's loss tokens."""
+  return jnp.sum(batch['loss_mask'])
+
+
 def _loss(params, batch, rng, denominator, step, *, apply_fn, loss_fn):
   return loss_fn(apply_fn(params, batch, {'dropout': rng}), batch, denominator, step)
 
 
-def train_step(state, batch, rng, *, apply_fn, loss_fn, tx, accum_steps=1):
+def train_step(state, batch, rng, *, apply_fn, loss_fn, tx, accum_steps=1,
+               denominator_fn=token_count):
   """One optimizer step: `(state, batch, rng) -> (state, metrics)`.
 
   `loss_fn(outputs, batch, denominator, step) -> (loss, aux)`, with `step` the steps done
@@ -29,10 +35,11 @@ def train_step(state, batch, rng, *, apply_fn, loss_fn, tx, accum_steps=1):
   microbatches, logged as metrics, among them 'ce', 'accuracy' and 'mean_f', the batch feedback
   the optimizer's scale reads. With accum_steps > 1 the batch is split into that many
   microbatches, scanned in turn; each loss is normalised by the whole batch's token count, so the
-  summed gradients equal the whole batch's gradient.
+  summed gradients equal the whole batch's gradient. A task whose loss has other terms exports
+  `denominators(batch)`, the whole batch's counts (any pytree), passed in its place.
   """
   rng = jax.random.fold_in(rng, state.step)
-  denominator = jnp.sum(batch['loss_mask'])
+  denominator = denominator_fn(batch)
   grad_fn = jax.value_and_grad(functools.partial(_loss, apply_fn=apply_fn, loss_fn=loss_fn),
                                has_aux=True)
   if accum_steps == 1:
@@ -74,19 +81,21 @@ def jit_train_step(s, state_shardings):
   loss_fn = functools.partial(s.task.loss_fn, fb=s.fb)
   return compiled.cached('train_step', s, lambda: jax.jit(
       functools.partial(train_step, apply_fn=apply_fn(s, training=True), loss_fn=loss_fn,
-                        tx=s.tx, accum_steps=s.config.train.grad_accum_steps),
+                        tx=s.tx, accum_steps=s.config.train.grad_accum_steps,
+                        denominator_fn=getattr(s.task, 'denominators', token_count)),
       in_shardings=(state_shardings, batch_sh, repl), out_shardings=(state_shardings, repl),
       donate_argnums=0, compiler_options=xla_flags.for_mesh(s.config, s.mesh)))
 
 
-def jit_eval_step(s, params_sharding=None):
-  """eval_step for Setup `s` with its XLA options; sharded like the training state when
+def jit_eval_step(s, params_sharding=None, eval_fn=None, name='eval_sums'):
+  """eval_step for Setup `s` with its XLA options, over the task's `eval_sums` (or `eval_fn`, a
+  task function of (outputs, batch) called `name`); sharded like the training state when
   `params_sharding` is given, else placed by its inputs; one per static signature."""
   shardings = {} if params_sharding is None else dict(
       in_shardings=(params_sharding, sharding.batch_sharding(s.mesh)),
       out_shardings=sharding.replicated(s.mesh))
-  return compiled.cached(f'eval_step sharded={bool(shardings)}', s, lambda: jax.jit(
-      functools.partial(eval_step, apply_fn=apply_fn(s), eval_fn=s.task.eval_sums),
+  return compiled.cached(f'eval_step {name} sharded={bool(shardings)}', s, lambda: jax.jit(
+      functools.partial(eval_step, apply_fn=apply_fn(s), eval_fn=eval_fn or s.task.eval_sums),
       compiler_options=xla_flags.for_mesh(s.config, s.mesh), **shardings))
 
 
