@@ -14,10 +14,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "read the run's own config; with --config they take only sampling and evaluation keys.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, reports.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'selftrain', 'eval', 'sample', 'sweep',
-                                            'sweep_plan', 'sweep_report'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'selftrain', 'finetune', 'eval', 'sample',
+                                            'sweep', 'sweep_plan', 'sweep_report'],
                           'train: train (resuming from workdir) and report; selftrain: round 0 '
                           'then self-training rounds (resuming), report in workdir/rounds.md; '
+                          'finetune: train on recorded feedback (task feedback) from '
+                          'finetune.init_workdir or scratch, report in workdir/finetune.md; '
                           'eval: report the latest checkpoint of workdir; sample: continue '
                           'prompts with it; sweep: run an ablation file (configs/ablations/) '
                           'variant x seed in workdir/<variant>/seed_<s>, skipping finished '
@@ -65,7 +67,8 @@ class _QuietLibraries(std_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _CONFIG.value is None and _MODE.value in ('train', 'selftrain', 'sweep', 'sweep_plan'):
+  if _CONFIG.value is None and _MODE.value in ('train', 'selftrain', 'finetune', 'sweep',
+                                               'sweep_plan'):
     raise app.UsageError(f'--mode={_MODE.value} needs --config (e.g. configs/default.py, or '
                          'for the sweep modes a file in configs/ablations/).')
   if _SWEEP_INDEX.value is not None and _MODE.value not in ('sweep', 'sweep_plan'):
@@ -73,7 +76,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Before JAX's backend starts its threads; for the training modes only, since it makes
   # compiling slower and eval and sample mostly compile.
-  trains = _MODE.value in ('train', 'selftrain') or (
+  trains = _MODE.value in ('train', 'selftrain', 'finetune') or (
       _MODE.value == 'sweep' and _SWEEP_EXECUTOR.value == 'local' and not _DRY_RUN.value)
   if trains and _CONFIG.value.train.reuse_host_memory:
     from selffb.cpu import host_memory  # pylint: disable=g-import-not-at-top
@@ -121,7 +124,8 @@ def _run_sweep_mode():
 
 def _run_mode():
   from selffb import selftrain  # pylint: disable=g-import-not-at-top
-  from selffb.modes import dry_run, evaluate, sample, train  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from selffb.modes import dry_run, evaluate, finetune, sample, train
   if _MODE.value.startswith('sweep'):
     _run_sweep_mode()
   elif _DRY_RUN.value:
@@ -130,6 +134,8 @@ def _run_mode():
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'selftrain':
     selftrain.run_selftrain(_CONFIG.value, _WORKDIR.value)
+  elif _MODE.value == 'finetune':
+    finetune.finetune(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'eval':
     evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   else:

@@ -35,7 +35,7 @@ def get_config(arg=None):
   c.model.attention_block = 128  # einsum, no cache: q-blocks this long skip later keys; 0 = 1 block
 
   c.data = ml_collections.ConfigDict()
-  c.data.task = 'addition'  # Task (selffb/tasks): 'addition' (built-in) or 'text' (local files).
+  c.data.task = 'addition'  # Task (selffb/tasks): 'addition', 'text' (local files), 'feedback'.
   c.data.tokenizer = 'byte'  # selffb/data/tokenizers.py: 'byte' (256 bytes + 3 specials).
   c.data.data_dir = ''  # Where ArrayRecord datasets (task 'text') go; '' means <workdir>/data.
   c.data.batch_size = 128  # Global training batch, in sequences.
@@ -53,6 +53,22 @@ def get_config(arg=None):
   c.data.text = ml_collections.ConfigDict()
   c.data.text.paths = ''  # Comma-separated file paths or globs of UTF-8 text, for task='text'.
   c.data.text.validation_fraction = 0.05  # Share of the text chunks held out for validation.
+  c.data.feedback = ml_collections.ConfigDict()  # task='feedback': recorded feedback (JSONL).
+  c.data.feedback.train_path = ''  # Records (selffb/feedback/records.py); '' writes an example.
+  c.data.feedback.validation_path = ''  # Held-out records; '' holds out validation_fraction.
+  c.data.feedback.validation_fraction = 0.1  # Share of distinct prompts held out (no path).
+  c.data.feedback.errors = 'strict'  # Malformed lines: 'strict' (stop, list all) or 'skip'.
+  c.data.feedback.rating_scale = (1.0, 5.0)  # (worst, best) rating, mapped onto [0, 1].
+  c.data.feedback.labels = 'good=1,bad=0'  # label=signal in [0, 1], comma-separated.
+  c.data.feedback.label_loss = 'weighted'  # Labels: 'weighted' (signal is F's rating) or 'kto'.
+  c.data.feedback.correction_weight = 1.0  # Loss weight of a (prompt, correction) example.
+  c.data.feedback.corrected_original = 'downweight'  # Replaced response: drop/keep/downweight.
+  c.data.feedback.original_weight = 0.2  # Its loss weight under 'downweight'.
+  c.data.feedback.correction_pairs = False  # Also a (correction > response) preference pair.
+  c.data.feedback.pair_sft_weight = 0.0  # Supervised loss weight of a pair's chosen response.
+  c.data.feedback.base_task = ''  # Task whose sequence format and test splits apply ('': text).
+  c.data.feedback.example_prompts = 2_000  # Generated example (no train_path): problems.
+  c.data.feedback.example_digits = (5, 6)  # Its operand lengths (base_task 'addition').
 
   c.feedback = ml_collections.ConfigDict()
   c.feedback.loss = 'ce'  # ce (won docs/ablations), one_minus=CE(1-F), focal, confidence=CE*F.
@@ -65,6 +81,11 @@ def get_config(arg=None):
   c.feedback.weights.entropy = 0.0  # 1 - normalised entropy of the prediction.
   c.feedback.weights.verifier = 0.0  # Per-sequence verifier score from the batch ('verifier' key).
   c.feedback.weights.rating = 0.0  # Per-seq recorded rating in [0, 1] from batch ('rating' key).
+  c.feedback.preference = ml_collections.ConfigDict()  # Pairs (DPO), KTO-style labels.
+  c.feedback.preference.beta = 0.1  # DPO/KTO beta: scale of log(pi / pi_ref).
+  c.feedback.preference.weight = 1.0  # Weight of the preference terms next to the weighted CE.
+  c.feedback.preference.kto_desirable = 1.0  # KTO lambda_D (desirable rows).
+  c.feedback.preference.kto_undesirable = 1.0  # KTO lambda_U (undesirable rows).
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-3  # Peak learning rate.
@@ -131,6 +152,9 @@ def get_config(arg=None):
   c.selftrain.target_accuracy = 0.99  # The target for target_digits.
   c.selftrain.patience = 0  # Rounds w/o better mean val exact match before stop; 0: off.
   c.selftrain.control = False  # Also train same rounds w/o self-labelled data, for the report.
+
+  c.finetune = ml_collections.ConfigDict()  # --mode=finetune: train on recorded feedback.
+  c.finetune.init_workdir = ''  # Start and DPO reference: this run's best params ('': scratch).
 
   c.evals = ml_collections.ConfigDict()  # Evaluators run on the best parameters after training.
   c.evals.exact_match = ml_collections.ConfigDict()  # Greedy exact match on the test splits.

@@ -212,6 +212,14 @@ def test_user_errors_are_a_message_and_exit_code_2(tmp_path):
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   assert f'error: {workdir} holds no run (no config.json)' in out.stderr
   assert not workdir.exists()
+  records = tmp_path / 'feedback.jsonl'
+  records.write_text('{"prompt": "1+2=", "response": "3", "label": "fine"}\n')
+  out = run_launch('--mode=finetune', '--config=configs/feedback_finetune.py',
+                   f'--workdir={workdir}', f'--config.data.feedback.train_path={records}',
+                   '--config.data.eval_batch_size=64')  # 8 simulated devices.
+  assert out.returncode == 2 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert "line 1: unknown label 'fine'; config.data.feedback.labels has" in out.stderr
+  assert not workdir.exists()
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import jax
 from absl import logging
 
 from selffb import selftrain
+from selffb.modes import finetune
 from selffb.modes import run_config
 from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
@@ -19,6 +20,8 @@ def plan(config, workdir, mode):
     config = run_config.load(config, workdir)
   elif mode == 'selftrain':
     selftrain.check_inputs(config)
+  elif mode == 'finetune':
+    finetune.check_inputs(config)
   s = setup_lib.setup(config, workdir, with_data=False)
   shapes = jax.tree.leaves(state_lib.abstract_params(s))
   c = config

@@ -3,11 +3,13 @@ EVAL_KEYS), the config keys that make its records (DATA_KEYS),
 `config_problems(config)`, `load_splits(config, data_dir)`, `batch_format(config)`,
 `train_dataset`, `eval_batches`, `example_length`, its loss `loss_fn(outputs, batch, denominator,
 step, *, fb)` and teacher-forced `eval_sums(outputs, batch)`, and, if SUPPORTS_SELFTRAIN, the
-self-training hooks documented in `addition.py` (docs/extending.md)."""
+self-training hooks documented in `addition.py` (docs/extending.md); if SUPPORTS_FINETUNE
+(`--mode=finetune`), the hooks documented in `feedback.py`."""
 from selffb.tasks import addition
+from selffb.tasks import feedback
 from selffb.tasks import lm
 
-TASKS = {'addition': addition, 'text': lm}
+TASKS = {'addition': addition, 'text': lm, 'feedback': feedback}
 
 
 def get(name):

@@ -11,6 +11,7 @@ import numpy as np
 
 from selffb import errors
 from selffb.data import pipeline
+from selffb.tasks import addition_feedback
 from selffb.tasks import addition_problems as problems
 from selffb.tasks import seq
 
@@ -18,6 +19,7 @@ BATCH_KEYS, EVAL_KEYS = seq.BATCH_KEYS, seq.EVAL_KEYS
 train_dataset, eval_batches = seq.train_dataset, seq.eval_batches
 loss_fn, eval_sums, example_length = seq.loss_fn, seq.eval_sums, seq.example_length
 SUPPORTS_SELFTRAIN = True
+example_feedback = addition_feedback.example_feedback  # --mode=finetune without a file.
 DATA_KEYS = ('data.addition.',)  # What makes the records; a change restarts early stopping.
 
 

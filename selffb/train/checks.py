@@ -19,6 +19,7 @@ from selffb import sharding
 from selffb import tasks
 from selffb.data import tokenizers
 from selffb.feedback import losses
+from selffb.feedback import records
 from selffb.feedback import scoring
 from selffb.train import ranges
 
@@ -56,7 +57,8 @@ def problems(config, num_devices):
     model_cfg = check(lambda: model.Config.from_config(config.model, tokenizer.vocab_size))
   check(lambda: losses.check_loss_name(config.feedback.loss))
   check(lambda: losses.check_blend_name(config.feedback.blend))
-  check(lambda: losses.validate_weights(config.feedback.weights.to_dict()))
+  check(lambda: losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps))
+  check(lambda: records.Rules.from_config(config.data.feedback))
   check(lambda: optim.check_feedback_place(config.optim.feedback_scale_at))
   check(lambda: optim.make_optimizer(config.optim, config.train.num_steps))
   check(lambda: sampling.SamplingParams.from_config(config.sample))
@@ -118,7 +120,7 @@ def check_config(config, num_devices=None):
 
 
 # Saved configs from before the layout move (issue 16), the new arms and the sweep's executor
-# settings (issue 17): keys they added, with the values those runs had (the slurm defaults change
+# settings (issue 17) and recorded feedback (issue 21): keys they added, with the values those runs had (the slurm defaults change
 # nothing a run computes), and the key removed (the vocabulary now comes from the tokenizer).
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
@@ -127,7 +129,18 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'slurm.partition': '', 'slurm.account': '', 'slurm.qos': '', 'slurm.constraint': '',
           'slurm.nodes': 1, 'slurm.gpus_per_node': 0, 'slurm.cpus_per_task': 2,
           'slurm.mem_gb': 16, 'slurm.timeout_min': 120, 'slurm.array_parallelism': 64,
-          'slurm.setup': [], 'slurm.extra': []}
+          'slurm.setup': [], 'slurm.extra': [],
+          # Issue 21: recorded feedback (task 'feedback', --mode=finetune).
+          'data.feedback.train_path': '', 'data.feedback.validation_path': '',
+          'data.feedback.validation_fraction': 0.1, 'data.feedback.errors': 'strict',
+          'data.feedback.rating_scale': [1.0, 5.0], 'data.feedback.labels': 'good=1,bad=0',
+          'data.feedback.label_loss': 'weighted', 'data.feedback.correction_weight': 1.0,
+          'data.feedback.corrected_original': 'downweight', 'data.feedback.original_weight': 0.2,
+          'data.feedback.correction_pairs': False, 'data.feedback.pair_sft_weight': 0.0,
+          'data.feedback.base_task': '', 'data.feedback.example_prompts': 2000,
+          'data.feedback.example_digits': [5, 6], 'feedback.preference.beta': 0.1,
+          'feedback.preference.weight': 1.0, 'feedback.preference.kto_desirable': 1.0,
+          'feedback.preference.kto_undesirable': 1.0, 'finetune.init_workdir': ''}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).

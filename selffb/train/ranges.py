@@ -25,6 +25,8 @@ RANGES = {
     'data.eval_batch_size': AT_LEAST_1,
     'data.seq_len': AT_LEAST_0,
     'data.text.validation_fraction': OPEN_UNIT,
+    'data.feedback.validation_fraction': OPEN_UNIT,
+    'data.feedback.example_prompts': AT_LEAST_1,
     'feedback.gamma': AT_LEAST_0,
     'feedback.blend_fraction': SHARE,
     'optim.lr': AT_LEAST_0,
