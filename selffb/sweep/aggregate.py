@@ -3,10 +3,11 @@
 variant: finished seeds, mean and standard deviation over them of the final metrics, and the
 difference to the control arm paired by seed with a 95% Student-t interval) and the plots.
 
-A run is finished when its summary.json exists (both modes write it last). Its final metrics:
+A run is finished when its summary.json exists (every mode writes it last). Its final metrics:
 validation CE and perplexity of the parameters it reports (train: the best; selftrain: the last
 round's), the weighted training loss and unweighted training CE of its last logged steps, every
-evaluator result in summary.json (train; e.g. exact_match/5) or the last round's greedy test
+dict-valued entry of summary.json (train and finetune: the evaluators' results, e.g.
+exact_match/5; finetune also before/... and feedback/...) or the last round's greedy test
 and validation exact match (selftrain: test_exact/5, val_exact), steps, wall time and the median
 logged tokens/s.
 """
@@ -27,6 +28,7 @@ from selffb.sweep import markdown
 from selffb.sweep import plots
 
 HEAD = {'train': ('val_ce', 'val_ppl', 'train_loss', 'train_ce'),
+        'finetune': ('val_ce', 'val_ppl', 'train_loss', 'train_ce'),
         'selftrain': ('val_exact', 'val_ce', 'val_ppl', 'train_loss', 'train_ce', 'rounds')}
 TAIL = ('steps', 'wall_s', 'tokens_per_s')
 
@@ -95,10 +97,12 @@ def _train_side(rows, every_rows):
           'tokens_per_s': float(np.median(rates)) if rates else None}
 
 
-def train_metrics(directory):
+def train_metrics(directory, last=False):
+  """A train run's metrics; `last` (finetune, which reports its last parameters): the last
+  validation CE rather than the best."""
   summary = _read_json(os.path.join(directory, 'summary.json'))
   rows = read_rows(os.path.join(directory, 'metrics.jsonl'))
-  ce = summary['best_val_ce']
+  ce = _last(rows, 'val/ce') if last else summary['best_val_ce']
   found = {'val_ce': ce, 'val_ppl': float(np.exp(ce)), **_train_side(rows, rows),
            'steps': summary['steps'], 'wall_s': summary['wall_s']}
   for name, result in summary.items():  # Dict-valued entries are the evaluators' results.
@@ -147,7 +151,7 @@ def selftrain_metrics(directory):
 def val_curve(directory, mode):
   """[(step, validation CE)] of a run, finished or not; a self-training run's rounds follow
   each other, each round's steps after the last."""
-  if mode == 'train':
+  if mode != 'selftrain':
     dirs = [directory]
   else:
     base = shared_round0(directory)
@@ -161,7 +165,7 @@ def val_curve(directory, mode):
 
 
 def _progress(directory, mode):
-  if mode == 'train':
+  if mode != 'selftrain':
     rows = read_rows(os.path.join(directory, 'metrics.jsonl'))
     return f"step {max((r['step'] for r in rows), default=0)}"
   return f'{len(self_rounds(directory))} round(s) done'
@@ -179,7 +183,8 @@ def collect(layout, workdir):
     run['progress'] = _progress(d, mode) if run['status'] == 'unfinished' else ''
     run['metrics'] = {}
     if run['status'] == 'finished':
-      run['metrics'] = train_metrics(d) if mode == 'train' else selftrain_metrics(d)
+      run['metrics'] = (selftrain_metrics(d) if mode == 'selftrain'
+                        else train_metrics(d, last=mode == 'finetune'))
     run['curve'] = val_curve(d, mode)
     run['rounds'] = self_rounds(d) if mode == 'selftrain' else []
     runs.append(run)

@@ -9,7 +9,8 @@ _FRACTIONS = ('exact', 'accuracy', 'precision', 'recall', 'f1')
 _LEGEND = (
     'Final metrics, mean ± standard deviation over the finished seeds. val CE and ppl: '
     'unweighted, on the validation set, of the parameters the run reports (train: those with '
-    'the best validation CE, which the evaluators score; selftrain: the last round). train loss: '
+    'the best validation CE, which the evaluators score; finetune and selftrain: the last). '
+    'train loss: '
     "the arm's weighted loss, train CE the unweighted one, over the last logged steps. Exact "
     'match in %, greedy, per test length. wall s: the training time of the session that '
     'finished the run; tokens/s: the median over its logged steps.')

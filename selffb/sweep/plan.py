@@ -5,7 +5,7 @@ runs, and all of them are reported at once.
 An ablation file (configs/ablations/) has `get_config(arg=None)`, a delta of configs/default.py,
 and `sweep()`, which returns
 
-    {'mode': 'train',            # or 'selftrain': what each entry runs
+    {'mode': 'train',            # or 'selftrain', 'finetune': what each entry runs
      'seeds': (0, 1, 2),         # each sets config.seed
      'control': 'ce',            # the variant the others are compared with, or None
      'variants': {'ce': {'feedback.loss': 'ce'}, 'one_minus': {...}},
@@ -35,9 +35,10 @@ from absl import logging
 from selffb import errors
 from selffb import metrics
 from selffb import selftrain
+from selffb.modes import finetune
 from selffb.train import checks
 
-MODES = ('train', 'selftrain')
+MODES = ('train', 'selftrain', 'finetune')
 SPEC_KEYS = ('mode', 'seeds', 'control', 'variants')
 OPTIONAL_KEYS = ('share_round0',)
 INIT_KEY = 'selftrain.init_workdir'
@@ -182,9 +183,12 @@ def apply(config, overrides):
 def config_problems(mode, config, num_devices):
   """Everything `--mode={mode}` would refuse in `config`, before it writes anything."""
   found = checks.problems(config, num_devices)
-  if mode == 'selftrain' and not found:
+  if not found and mode in ('selftrain', 'finetune'):
     try:
-      selftrain.check_inputs(config, num_devices)
+      if mode == 'selftrain':
+        selftrain.check_inputs(config, num_devices)
+      else:
+        finetune.check_inputs(config)
     except errors.InputError as e:
       found.append(str(e))
   return found

@@ -64,7 +64,9 @@ def val_ce(plt, layout, runs, path):
 
 def per_length(plt, layout, runs, group, cols, path):
   """Bars: the final value of `group`/<label> per variant and label, error bars over seeds."""
-  labels = [c.split('/', 1)[1] for c in cols if c.startswith(group + '/')]
+  labels = [c.split('/', 1)[1] for c in cols
+            if c.startswith(group + '/') and markdown.is_fraction(c)]
+  by_length = all(label.isdigit() for label in labels)
   variants = [v for v in _variants(layout)
               if any(r['variant'] == v and r['metrics'] for r in runs)]
   fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) + 3), 4.5))
@@ -78,11 +80,11 @@ def per_length(plt, layout, runs, group, cols, path):
     ax.bar(np.arange(len(labels)) + (i - (len(variants) - 1) / 2) * width, means, width,
            yerr=stds, capsize=2, label=variant)
   ax.set_xticks(np.arange(len(labels)), labels)
-  ax.set_xlabel('test length')
+  ax.set_xlabel('test length' if by_length else '')
   ax.set_ylabel(f'{group} (%)')
   ax.set_ylim(0, 105)
-  ax.set_title(f'Final {group} per test length\n(mean over finished seeds, error bars ± 1 '
-               'standard deviation)', fontsize=10)
+  ax.set_title(f"Final {group}{' per test length' if by_length else ''}\n(mean over finished "
+               'seeds, error bars ± 1 standard deviation)', fontsize=10)
   ax.grid(alpha=0.3, axis='y')
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))
   fig.tight_layout()

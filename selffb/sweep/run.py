@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from selffb import runtime
 from selffb import selftrain
+from selffb.modes import finetune as finetune_mode
 from selffb.modes import train as train_mode
 from selffb.sweep import aggregate
 from selffb.sweep import plan
@@ -86,6 +87,8 @@ def _run_entry(mode, entry):
   """Runs one entry here; False when a signal stopped it (its checkpoint is written)."""
   if mode == 'train':
     return 'stopped_by' not in train_mode.train_and_evaluate(entry.config, entry.workdir)
+  if mode == 'finetune':
+    return 'stopped_by' not in finetune_mode.finetune(entry.config, entry.workdir)
   return selftrain.run_selftrain(entry.config, entry.workdir) is not None
 
 
