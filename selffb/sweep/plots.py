@@ -79,7 +79,8 @@ def per_length(plt, layout, runs, group, cols, path):
     stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
     ax.bar(np.arange(len(labels)) + (i - (len(variants) - 1) / 2) * width, means, width,
            yerr=stds, capsize=2, label=variant)
-  ax.set_xticks(np.arange(len(labels)), labels)
+  ax.set_xticks(np.arange(len(labels)), labels, **({} if by_length else {
+      'rotation': 20, 'ha': 'right'}))
   ax.set_xlabel('test length' if by_length else '')
   ax.set_ylabel(f'{group} (%)')
   ax.set_ylim(0, 105)
