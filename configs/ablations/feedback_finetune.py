@@ -12,7 +12,8 @@ Without init_workdir every entry starts from scratch on synthetic answers: anoth
   weighted       (control) CE * F, F the rating/label signal, corrections with weight 1; no DPO.
   dpo            + DPO (beta 0.1) on the pairs and on corrections against what they replaced.
   dpo_kto        + labels through the KTO-style loss instead of weighting.
-  unweighted_ce  plain CE on every response, right or wrong, no DPO: does the feedback matter?
+  unweighted_ce  plain CE, no DPO: rated and labelled responses learned alike, right or wrong
+                 (replaced ones at weight 0.2, pairs not at all): does the rating matter?
 """
 from configs import feedback_finetune
 

@@ -6,6 +6,7 @@ CE times a constant per token. With a blend the loss is (1 - a_t) * CE + a_t * a
 rising from 0 to 1 over the first `blend_fraction` of the steps (`blend_weight`).
 """
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -72,9 +73,10 @@ class FeedbackSpec:
     check_blend_name(c.blend)
     weights = validate_weights(c.weights.to_dict())
     p = c.preference
-    if not (p.beta > 0 and min(p.weight, p.kto_desirable, p.kto_undesirable) >= 0):
+    values = (p.beta, p.weight, p.kto_desirable, p.kto_undesirable)
+    if not (all(math.isfinite(v) for v in values) and p.beta > 0 and min(values) >= 0):
       raise ValueError(f'config.feedback.preference: beta={p.beta} must be > 0 and weight, '
-                       'kto_desirable, kto_undesirable >= 0.')
+                       'kto_desirable, kto_undesirable >= 0, all finite.')
     return cls(loss=c.loss, gamma=float(c.gamma), weights=tuple(sorted(weights.items())),
                blend=c.blend, blend_steps=float(c.blend_fraction * num_steps),
                beta=float(p.beta), preference_weight=float(p.weight),

@@ -64,7 +64,7 @@ class Rules:
     if not self.labels:
       raise ValueError('config.data.feedback.labels is empty; give e.g. "good=1,bad=0".')
     for name, value in self.labels:
-      if not 0 <= value <= 1:
+      if not 0 <= value <= 1:  # NaN too.
         raise ValueError(f'config.data.feedback.labels: {name}={value} must be in [0, 1].')
     for key, value, choices in (('label_loss', self.label_loss, LABEL_LOSSES),
                                 ('corrected_original', self.corrected_original, ORIGINAL_RULES)):
@@ -96,6 +96,9 @@ def parse_labels(text):
     except ValueError:
       raise ValueError(f'config.data.feedback.labels={text!r}: {item!r} is not label=value '
                        '(e.g. "good=1,bad=0").') from None
+  names = [name for name, _ in out]
+  if len(set(names)) < len(names):
+    raise ValueError(f'config.data.feedback.labels={text!r} names a label twice.')
   return tuple(out)
 
 
@@ -109,6 +112,11 @@ def _text(record, key, required=True):
     raise RecordError(f'{key!r} must be a string, got {type(value).__name__}')
   if not value.strip():
     raise RecordError(f'{key!r} is empty')
+  try:
+    value.encode('utf-8')
+  except UnicodeEncodeError:
+    raise RecordError(f'{key!r} holds a lone surrogate escape (\\ud800-\\udfff), not '
+                      'text') from None
   return value
 
 
@@ -126,8 +134,9 @@ def parse(line, rules):
   _text(record, 'prompt')
   for key in ('id', 'source'):
     if key in record and (isinstance(record[key], bool)
-                          or not isinstance(record[key], (str, int, float))):
-      raise RecordError(f'{key!r} must be a string or a number')
+                          or not isinstance(record[key], (str, int, float))
+                          or (isinstance(record[key], float) and not math.isfinite(record[key]))):
+      raise RecordError(f'{key!r} must be a string or a finite number')
   if 'chosen' in record or 'rejected' in record:
     _pair(record)
   else:

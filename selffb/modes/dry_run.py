@@ -21,7 +21,7 @@ def plan(config, workdir, mode):
   elif mode == 'selftrain':
     selftrain.check_inputs(config)
   elif mode == 'finetune':
-    finetune.check_inputs(config)
+    finetune.check_inputs(config, workdir)
   s = setup_lib.setup(config, workdir, with_data=False)
   shapes = jax.tree.leaves(state_lib.abstract_params(s))
   c = config

@@ -15,6 +15,7 @@ import dataclasses
 import os
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -35,16 +36,26 @@ from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 
 
-def check_inputs(config):
-  """What --mode=finetune needs beyond the config checks: a task with finetune hooks, and an
-  init run (if any) that exists with this model and tokenizer."""
+def check_inputs(config, workdir=None):
+  """What --mode=finetune needs beyond the config checks: a task with finetune hooks; an init
+  run (if any) that exists, with this model, tokenizer and sequence format; and, resuming in
+  `workdir`, the starting run it began from (the preference terms' reference)."""
   task = tasks.get(config.data.task)
   if not getattr(task, 'SUPPORTS_FINETUNE', False):
     raise checks.ConfigError(f"--mode=finetune trains on recorded feedback: config.data.task="
                              f"{config.data.task!r} has no finetune hooks; use 'feedback'.")
   init = config.finetune.init_workdir
-  if not init:
-    return
+  if workdir and os.path.exists(os.path.join(workdir, 'config.json')):
+    before = run_config.saved(workdir).get('finetune', {}).get('init_workdir', '')
+    if before != init:
+      raise checks.ConfigError(
+          f'{workdir} was fine-tuned from finetune.init_workdir={before!r}, now {init!r}: the '
+          'reference of its preference terms would change mid-run. Use a new --workdir.')
+  if init:
+    _check_init(config, init, task)
+
+
+def _check_init(config, init, task):
   try:
     saved = checks.migrate(run_config.saved(init))
   except FileNotFoundError as e:
@@ -57,6 +68,14 @@ def check_inputs(config):
         f'config.finetune.init_workdir={init!r} was trained with another model: ' +
         ', '.join(f'{k} {saved.get(k)!r} (run) vs {current.get(k)!r}' for k in differ) +
         '; set those keys to the run\'s values (e.g. --config.model.d_model=...).')
+  run = ml_collections.ConfigDict(checks.unflatten(saved))
+  trained = dataclasses.replace(tasks.get(run.data.task).batch_format(run), shift=0)
+  if trained != task.batch_format(config):
+    raise checks.ConfigError(
+        f'config.finetune.init_workdir={init!r} was trained on sequences laid out as {trained} '
+        f'(task {run.data.task!r}), but these records would be laid out as '
+        f'{task.batch_format(config)}; set config.data.feedback.base_task (and its format '
+        'keys) to match the run.')
 
 
 def start_params(s):
@@ -134,7 +153,7 @@ def finetune(config, workdir):
   """Fine-tunes in workdir (resuming), reports; returns the summary. A bad config or record
   stops it before anything is written."""
   task = tasks.get(config.data.task)
-  check_inputs(config)
+  check_inputs(config, workdir)
   if config.data.feedback.train_path:  # Every record checked, as every config key.
     s = setup_lib.setup(config, workdir)
   else:

@@ -2,15 +2,17 @@
 starting model's answers to new problems (or, from scratch, answers that are right or off by one
 digit) rated, labelled and corrected by the exact check, and pairs of right and wrong answers.
 
-Problem i gets record kind i mod 4:
-  rating      on the scale 1..5: 5 for the sum, 2 for a wrong answer with at least half its
-              digits right, 1 for the rest;
-  label       'good' if the answer is the sum, else 'bad';
+Problem i gets record kind i mod 4 (on config.data.feedback's scale and labels, default 1..5 and
+good/bad):
+  rating      the best rating for the sum, a quarter of the way up the scale (2 of 1..5) for a
+              wrong answer with at least half its digits right, the worst for the rest;
+  label       the label of the highest signal ('good') for the sum, of the lowest ('bad') else;
   correction  a wrong answer with the sum as its correction (a right answer gets rating 5);
   pair        chosen the sum, rejected the wrong answer (a right answer: the sum off by a digit).
 """
 import numpy as np
 
+from selffb.feedback import records
 from selffb.tasks import addition_problems as problems
 
 KINDS = ('rating', 'label', 'correction', 'pair')
@@ -29,14 +31,16 @@ def digit_accuracy(answer, right):
   return sum(a == b for a, b in zip(answer, right)) / len(right)
 
 
-def record(kind, prompt, response, right, rng):
+def record(kind, prompt, response, right, rng, rules=records.Rules()):
   """One JSONL record of `kind` for an answer `response` to `prompt` whose sum is `right`."""
   ok = response == right
+  (lo, hi), labels = rules.rating_scale, sorted(rules.labels, key=lambda x: x[1])
   if kind == 'rating' or (kind == 'correction' and ok):
+    partial = digit_accuracy(response, right) >= 0.5
     return {'prompt': prompt, 'response': response,
-            'rating': 5 if ok else 2 if digit_accuracy(response, right) >= 0.5 else 1}
+            'rating': hi if ok else lo + (hi - lo) / 4 if partial else lo}
   if kind == 'label':
-    return {'prompt': prompt, 'response': response, 'label': 'good' if ok else 'bad'}
+    return {'prompt': prompt, 'response': response, 'label': labels[-1 if ok else 0][0]}
   if kind == 'correction':
     return {'prompt': prompt, 'response': response, 'correction': right}
   return {'prompt': prompt, 'chosen': right,
@@ -48,7 +52,7 @@ def example_feedback(config, answer_fn=None):
   test problem). `answer_fn(prompts, max_new_tokens) -> texts` is the starting model's greedy
   answer; None (from scratch) answers right or off by a digit, half and half."""
   a, c = config.data.addition, config.data.feedback
-  is_aligned = a.format == 'aligned'
+  is_aligned, rules = a.format == 'aligned', records.Rules.from_config(c)
   splits = problems.addition_splits(a.min_digits, a.max_digits, a.num_train, a.num_validation,
                                     a.num_test, list(a.test_digits), config.seed)
   held = {p for name, pairs in splits.items() if name.startswith('test_') for p in pairs}
@@ -72,6 +76,8 @@ def example_feedback(config, answer_fn=None):
       kind = KINDS[len(out) % len(KINDS)]
       if not response.strip():  # The model ended at once: there is nothing to rate.
         response = '?'
-      out.append({'id': f'ex{len(out)}', 'source': f'{source}:{kind}',
-                  **record(kind, prompt, response, right, rng)})
+      got = record(kind, prompt, response, right, rng, rules)
+      what = next(k for k in ('rating', 'label', 'correction', 'pair')
+                  if k in got or (k == 'pair' and 'chosen' in got))
+      out.append({'id': f'ex{len(out)}', 'source': f'{source}:{what}', **got})
   return out

@@ -16,13 +16,17 @@ Unweighted CE over every response token is logged as `ce`. Validation CE is on t
 the feedback prefers (signal > 0.5). Position ids follow the base task's format (no shift).
 """
 import dataclasses
+import hashlib
+import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from selffb import errors
+from selffb import metrics
 from selffb.data import pipeline
 from selffb.feedback import losses
 from selffb.feedback import preference
@@ -57,11 +61,21 @@ def batch_format(config):
 
 
 def paths(config, data_dir):
-  """(train file, validation file or '') : config.data.feedback's, or the generated example."""
+  """(train file, validation file or ''): config.data.feedback's, or the generated example's,
+  named by a hash of what makes it (the seed, the starting run, the example and base task keys,
+  the scale, labels and sampling settings), so a change writes a new one."""
   c = config.data.feedback
   if c.train_path:
     return os.path.expanduser(c.train_path), os.path.expanduser(c.validation_path)
-  return os.path.join(data_dir, 'feedback_example', 'feedback.jsonl'), ''
+  flat = metrics.flatten(config.to_dict(), '.')
+  base = f'data.{c.base_task}.'
+  made_of = {k: v for k, v in flat.items() if k.startswith(
+      ('seed', 'sample.', 'data.feedback.example_', 'data.feedback.rating_scale',
+       'data.feedback.labels', base))}
+  made_of['init'] = os.path.abspath(config.finetune.init_workdir) if (
+      config.finetune.init_workdir) else ''
+  digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode())
+  return os.path.join(data_dir, 'feedback_example', digest.hexdigest()[:12] + '.jsonl'), ''
 
 
 def example_length(unit):
@@ -262,11 +276,17 @@ def config_problems(config):
   need(c.train_path or (base is not None and hasattr(base, 'example_feedback')),
        'config.data.feedback.train_path is empty, so an example would be generated, but '
        f'base_task={c.base_task!r} writes none; give a JSONL file or base_task=\'addition\'.')
-  accum = max(config.train.grad_accum_steps, 1)
-  need(d.batch_size % (2 * accum) == 0 and d.eval_batch_size % 2 == 0,
+  accum, hosts = max(config.train.grad_accum_steps, 1), jax.process_count()
+  need(d.batch_size % (2 * accum) == 0 and d.batch_size % (2 * hosts) == 0
+       and d.eval_batch_size % 2 == 0,
        f'task feedback trains units of 2 rows: config.data.batch_size={d.batch_size} must be '
-       f'divisible by 2 * grad_accum_steps={2 * accum} and eval_batch_size='
-       f'{d.eval_batch_size} even.')
+       f'divisible by 2 * grad_accum_steps={2 * accum} and by 2 * the {hosts} host(s), and '
+       f'eval_batch_size={d.eval_batch_size} even.')
+  need(not (c.label_loss == 'kto' and accum > 1), "config.data.feedback.label_loss='kto' takes "
+       'its reference point from the whole batch; it cannot split into grad_accum_steps='
+       f'{accum} microbatches. Use grad_accum_steps=1 or label_loss=\'weighted\'.')
+  need(c.train_path or not c.validation_path, 'config.data.feedback.validation_path is given '
+       'without train_path; give both, or neither for the generated example.')
   need(not config.feedback.weights.verifier, 'config.feedback.weights.verifier > 0, but recorded'
        ' feedback has no verifier scores; its signal is the rating source.')
   return found
