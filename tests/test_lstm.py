@@ -1,0 +1,121 @@
+"""The LSTM language model (model kind 'lstm'): its carry is a decoding cache that continues a
+prompt exactly as the full pass does, padding leaves the state alone, and it trains, shards,
+samples and resumes through the same step, loop and sampler as the decoder."""
+import json
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from selffb import checkpoint
+from selffb import sharding
+from selffb.data import pipeline
+from selffb.models import lstm
+from selffb.modes import train as train_mode
+from selffb.tasks import seq
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+from selffb.train import step as step_lib
+
+
+def lstm_config(data_dir, **train):
+  c = tiny.get_config()
+  c.model.kind = 'lstm'
+  c.data.data_dir = data_dir
+  c.train.update(train)
+  return c
+
+
+@pytest.fixture(scope='module')
+def model():
+  cfg = lstm.Config.from_config(lstm_config('').model, 259)
+  module = lstm.build(cfg)
+  tokens = jax.random.randint(jax.random.key(0), (3, 12), 3, 259)
+  params = nn.unbox(module.init(jax.random.key(1), tokens)['params'])
+  return cfg, module, params, tokens
+
+
+@pytest.mark.parametrize('prompt_len', [1, 4, 7])
+def test_cached_continuation_equals_the_full_pass(model, prompt_len):
+  cfg, module, params, tokens = model
+  full = module.apply({'params': params}, tokens)[0]['logits']
+  pad = 3  # Left padding, as the sampler lays prompts out.
+  prompt = jnp.pad(tokens[:, :prompt_len], ((0, 0), (pad, 0)))
+  pos = jnp.pad(jnp.broadcast_to(jnp.arange(prompt_len), (3, prompt_len)), ((0, 0), (pad, 0)),
+                constant_values=-1)
+  logits, cache = lstm.prefill(module, params, prompt, pos, lstm.init_cache(cfg, 3, 32))
+  np.testing.assert_allclose(logits, full[:, prompt_len - 1], rtol=1e-5, atol=1e-5)
+  for t in range(prompt_len, tokens.shape[1]):
+    logits, cache = lstm.decode_step(module, params, tokens[:, t], jnp.full((3,), t), cache)
+    np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_padding_leaves_the_state_alone(model):
+  _, module, params, tokens = model
+  pos = jnp.where(jnp.arange(12) < 8, jnp.arange(12), -1)[None].repeat(3, 0)
+  out = lambda t: module.apply({'params': params}, t, pos)[0]['logits'][:, :8]
+  other = tokens.at[:, 8:].set(7)
+  np.testing.assert_array_equal(out(tokens), out(other))
+  # A pad before the sequence changes nothing after it either.
+  left = jnp.pad(tokens[:, :8], ((0, 0), (1, 0)), constant_values=5)
+  left_pos = jnp.pad(jnp.broadcast_to(jnp.arange(8), (3, 8)), ((0, 0), (1, 0)),
+                     constant_values=-1)
+  np.testing.assert_allclose(module.apply({'params': params}, left, left_pos)[0]['logits'][:, 1:],
+                             out(tokens), rtol=1e-6, atol=1e-6)
+
+
+def one_step(c, batch, devices):
+  s = setup_lib.setup(c, '', devices)
+  state, state_sh = state_lib.init_state(s, jax.random.key(0))
+  p_train, _ = step_lib.compile_steps(s, state_sh)
+  state, metrics = p_train(state, sharding.put_batch(s.mesh, batch), jax.random.key(1))
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+@pytest.mark.slow
+def test_the_sharded_step_equals_one_device(tmp_path):
+  c = lstm_config(str(tmp_path / 'data'))
+  s = setup_lib.setup(c, '')
+  it = pipeline.make_iterator(seq.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
+  batch = {k: v for k, v in next(it).items() if k in seq.BATCH_KEYS}
+  want_params, want = one_step(c, batch, jax.devices()[:1])
+  c.mesh.update(data=4, fsdp=2)
+  got_params, got = one_step(c, batch, jax.devices()[:8])
+  for key in ('loss', 'ce', 'grad_norm'):
+    assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got_params,
+               want_params)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('lstm_run'))
+  c = lstm_config(str(tmp_path_factory.mktemp('lstm_data')), num_steps=60, checkpoint_every=30,
+                  eval_every=30, log_every=10)
+  c.data.addition.update(max_digits=2, test_digits=(1, 2))
+  return c, workdir, train_mode.train_and_evaluate(c, workdir)
+
+
+def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
+  _, workdir, summary = trained
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  ce = [r['train/ce'] for r in rows if 'train/ce' in r]
+  assert ce[-1] < ce[0] - 1.0
+  assert summary['steps'] == 60 and set(summary['exact_match']) == {'1', '2'}
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted(trained, tmp_path):
+  c, workdir, _ = trained
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns('60'))
+  assert sorted(os.listdir(os.path.join(resumed, 'checkpoints'))) == ['30']
+  assert train_mode.train_and_evaluate(c, resumed)['steps'] == 60
+  load = lambda d: checkpoint.restore(checkpoint.make_manager(d, 2), None, None)
+  for a, b in zip(jax.tree.leaves(load(workdir)[1:3]), jax.tree.leaves(load(resumed)[1:3])):
+    np.testing.assert_array_equal(a, b)
