@@ -1,9 +1,10 @@
 """Model kinds by name (`config.model.kind`). Each module follows the interface documented in
 `decoder.py`; add a kind by writing such a module and naming it here (docs/extending.md)."""
 from selffb.models import decoder
+from selffb.models import encdec
 from selffb.models import lstm
 
-MODELS = {'decoder': decoder, 'lstm': lstm}
+MODELS = {'decoder': decoder, 'encdec': encdec, 'lstm': lstm}
 
 
 def get(kind):

@@ -1,5 +1,6 @@
 """Attention: causal self-attention over a sequence (blocked, with a hand-written backward pass)
-and over an explicit KV cache for decoding.
+and over an explicit KV cache for decoding; and attention with no causal order (an encoder's
+self-attention, a decoder's cross-attention).
 
 Every token carries an integer position id; id -1 marks padding, never attended to. Causality
 follows the sequence (the cache slot), not the ids, so ids may restart, e.g. per operand: a
@@ -152,3 +153,33 @@ class CausalSelfAttention(nn.Module):
     out_BxTxE = layers.dense(cfg, cfg.d_model, ('heads', 'head_dim', 'embed'), 'out',
                              in_axis=(-2, -1))(out_BxTxHxD)
     return out_BxTxE, layer_cache
+
+
+class Attention(nn.Module):
+  """Multi-head attention with no causal order: queries over every valid key of `memory`. The
+  encoder's bidirectional self-attention (memory = the queries' own sequence) and the decoder's
+  cross-attention to the encoder's output. `kv` (keys, values, valid), as a call returns them,
+  skips the key and value projections: a decoder computes them once per source. With RoPE, the
+  queries rotate by `pos_BxT` and the keys by `mem_pos_BxS`, so the ids of the two sides line
+  up (the aligned addition layout gives answer digit i and operand digit i the same id)."""
+  cfg: object
+
+  @nn.compact
+  def __call__(self, x_BxTxE, pos_BxT, memory_BxSxE=None, mem_pos_BxS=None, kv=None):
+    cfg = self.cfg
+    heads = (cfg.num_heads, cfg.head_dim)
+    q_BxTxHxD = layers.dense(cfg, heads, ('embed', 'heads', 'head_dim'), 'query')(x_BxTxE)
+    if cfg.positions == 'rope':
+      q_BxTxHxD = layers.rope(q_BxTxHxD, pos_BxT, cfg.rope_base)
+    if kv is None:
+      k_BxSxHxD = layers.dense(cfg, heads, ('embed', 'heads', 'head_dim'), 'key')(memory_BxSxE)
+      v_BxSxHxD = layers.dense(cfg, heads, ('embed', 'heads', 'head_dim'), 'value')(memory_BxSxE)
+      if cfg.positions == 'rope':
+        k_BxSxHxD = layers.rope(k_BxSxHxD, mem_pos_BxS, cfg.rope_base)
+      kv = (jnp.swapaxes(k_BxSxHxD, 1, 2), jnp.swapaxes(v_BxSxHxD, 1, 2), mem_pos_BxS >= 0)
+    k_BxHxSxD, v_BxHxSxD, valid_BxS = kv
+    out_BxHxTxD = _attend(jnp.swapaxes(q_BxTxHxD, 1, 2), k_BxHxSxD, v_BxHxSxD,
+                          valid_BxS[:, None, None, :])[0]
+    out_BxTxE = layers.dense(cfg, cfg.d_model, ('heads', 'head_dim', 'embed'), 'out',
+                             in_axis=(-2, -1))(jnp.swapaxes(out_BxHxTxD, 1, 2))
+    return out_BxTxE, kv

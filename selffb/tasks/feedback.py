@@ -36,9 +36,9 @@ from selffb.tasks import feedback_report
 from selffb.tasks import seq
 
 BATCH_KEYS = ('inputs', 'targets', 'positions', 'loss_mask', 'rating', 'weight', 'pair', 'kto',
-              'ref_logp')
+              'ref_logp') + seq.SOURCE_KEYS
 EVAL_KEYS = seq.EVAL_KEYS
-ROW_KEYS = ('inputs', 'targets', 'positions', 'response_mask')  # What `row_logps` reads.
+ROW_KEYS = ('inputs', 'targets', 'positions', 'response_mask') + seq.SOURCE_KEYS  # row_logps'.
 DATA_KEYS = ('data.feedback.', 'finetune.')
 SUPPORTS_SELFTRAIN, SUPPORTS_FINETUNE = False, True
 eval_sums = seq.eval_sums

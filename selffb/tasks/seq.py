@@ -13,17 +13,21 @@ from selffb.data import pipeline
 from selffb.feedback import losses
 from selffb.feedback import signals
 
-BATCH_KEYS = ('inputs', 'targets', 'positions', 'loss_mask') + signals.BATCH_SOURCES
-EVAL_KEYS = ('inputs', 'targets', 'positions', 'loss_mask', 'valid')
+SOURCE_KEYS = ('source', 'source_positions')  # Only in seq2seq batches (an encoder-decoder's).
+BATCH_KEYS = ('inputs', 'targets', 'positions', 'loss_mask') + signals.BATCH_SOURCES + SOURCE_KEYS
+EVAL_KEYS = ('inputs', 'targets', 'positions', 'loss_mask', 'valid') + SOURCE_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
 class SequenceFormat:
   """How a record becomes a token sequence: does the answer end with eos, how do position ids
   run (0, 1, 2, ... here; a task may subclass), and how far may training shift them: one random
-  s in [0, shift] per sequence is added to every id above 0."""
+  s in [0, shift] per sequence is added to every id above 0. With `seq2seq` (set by setup for a
+  model kind with SEQ2SEQ) bos + prompt is the source and bos + answer the decoder's sequence,
+  whose ids run 0, 1, 2, ..."""
   eos: bool = True
   shift: int = 0
+  seq2seq: bool = False
 
   def position_ids(self, tokens, tokenizer):
     """Ids for a token sequence that starts with bos."""
@@ -45,6 +49,8 @@ def encode_batch(records, tokenizer, seq_len, fmt=SequenceFormat(), shifts=None)
 
   `shifts` (one per record) offset the position ids above 0.
   """
+  if fmt.seq2seq:
+    return _encode_seq2seq(records, tokenizer, seq_len, fmt, shifts)
   n = len(records)
   inputs = np.full((n, seq_len), tokenizer.pad_id, np.int32)
   targets = np.full((n, seq_len), tokenizer.pad_id, np.int32)
@@ -67,6 +73,35 @@ def encode_batch(records, tokenizer, seq_len, fmt=SequenceFormat(), shifts=None)
   digits = np.asarray([r['digits'] for r in records], np.int32)
   return {'inputs': inputs, 'targets': targets, 'positions': positions, 'loss_mask': mask,
           'digits': digits}
+
+
+def _encode_seq2seq(records, tokenizer, seq_len, fmt, shifts):
+  """encode_batch for an encoder-decoder: `source` (bos + prompt, ids by the format) and the
+  decoder's `inputs` (bos + answer) -> `targets` (answer + eos if the format has one), both
+  right-padded to seq_len; the loss covers every target."""
+  n, pad = len(records), tokenizer.pad_id
+  out = {k: np.full((n, seq_len), v, np.int32) for k, v in (
+      ('source', pad), ('source_positions', -1), ('inputs', pad), ('targets', pad),
+      ('positions', -1))}
+  mask = np.zeros((n, seq_len), np.float32)
+  for i, r in enumerate(records):
+    source = tokenizer.encode_prompt(r['prompt'])
+    target = np.concatenate([[tokenizer.bos_id], tokenizer.encode(r['answer'])] +
+                            ([[tokenizer.eos_id]] if fmt.eos else [])).astype(np.int32)
+    if max(len(source), len(target) - 1) > seq_len:
+      raise ValueError(f'an example of {len(source)} source and {len(target) - 1} target '
+                       f'tokens exceeds seq_len={seq_len}; raise config.data.seq_len.')
+    src_ids, dec_ids = fmt.position_ids(source, tokenizer), np.arange(len(target) - 1)
+    if shifts is not None:
+      src_ids = np.where(src_ids > 0, src_ids + shifts[i], src_ids)
+      dec_ids = np.where(dec_ids > 0, dec_ids + shifts[i], dec_ids)
+    t = len(target) - 1
+    out['source'][i, :len(source)], out['source_positions'][i, :len(source)] = source, src_ids
+    out['inputs'][i, :t], out['targets'][i, :t] = target[:-1], target[1:]
+    out['positions'][i, :t] = dec_ids
+    mask[i, :t] = 1.0
+  return {**out, 'loss_mask': mask,
+          'digits': np.asarray([r['digits'] for r in records], np.int32)}
 
 
 def example_length(record):

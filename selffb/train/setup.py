@@ -69,9 +69,12 @@ def setup(config, workdir, devices=None, with_data=True):
     if seq_len > config.model.max_len:
       raise checks.ConfigError(f'training sequences of {seq_len} tokens exceed '
                                f'config.model.max_len={config.model.max_len}.')
+  fmt = task.batch_format(config)
+  if getattr(model, 'SEQ2SEQ', False):  # Prompts become the encoder's source.
+    fmt = dataclasses.replace(fmt, seq2seq=True)
   return Setup(config=config, model=model,
                model_cfg=model.Config.from_config(config.model, tokenizer.vocab_size),
-               task=task, tokenizer=tokenizer, fmt=task.batch_format(config), splits=splits,
+               task=task, tokenizer=tokenizer, fmt=fmt, splits=splits,
                seq_len=seq_len, mesh=mesh,
                tx=optim.make_optimizer(config.optim, config.train.num_steps),
                fb=losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps))

@@ -1,0 +1,158 @@
+"""An encoder-decoder Transformer (model kind 'encdec'): a bidirectional encoder over the source
+(the prompt) and a decoder with causal self-attention and cross-attention to the encoder's
+output, pre-norm blocks of the decoder's layers (`layers.py`, `attention.py`), one embedding
+shared by both sides and, if tied, by the output. `config.model` is read as for the decoder;
+each side has `num_layers` blocks. It follows the interface documented in `decoder.py`, with
+`SEQ2SEQ = True`: a task's batches then carry `source` and `source_positions` (the prompt) next
+to `inputs` (bos + answer, shifted) and decoder `positions` 0, 1, ...
+
+Decoding through the same sampler: `prefill` encodes the (left-padded) prompt once, computes
+every layer's cross-attention keys and values from it, and starts the decoder on the prompt's
+first token (bos) at position 0; `decode_step` advances the decoder's self-attention KV cache by
+one token and reads the cached cross keys and values. The sampler's position ids continue the
+prompt's; the cache keeps the offset that turns them into the decoder's 1, 2, ...
+
+Shapes in names: B batch, T target length, S source length, E d_model, V vocab.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from selffb.models import attention
+from selffb.models import decoder
+from selffb.models import layers
+
+SEQ2SEQ = True
+Config, logical_sizes, check_decode = decoder.Config, decoder.logical_sizes, decoder.check_decode
+
+
+def init_cache(cfg, batch, length):
+  """The decoder's self-attention cache (as the decoder's); prefill adds the cross-attention
+  keys and values of the source and the position offset."""
+  return {**decoder.init_cache(dataclass_unscanned(cfg), batch, length), 'cross': None,
+          'offset': jnp.zeros((batch,), jnp.int32)}
+
+
+def dataclass_unscanned(cfg):
+  return cfg.replace(scan_layers=False)  # The blocks here are never scanned.
+
+
+class EncoderBlock(nn.Module):
+  cfg: Config
+
+  @nn.compact
+  def __call__(self, x_BxSxE, pos_BxS):
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout, deterministic=cfg.deterministic)
+    y_BxSxE = layers.norm(cfg, 'attn_norm')(x_BxSxE)
+    h_BxSxE, _ = attention.Attention(cfg, name='attn')(y_BxSxE, pos_BxS, y_BxSxE, pos_BxS)
+    x_BxSxE = x_BxSxE + drop(h_BxSxE)
+    return x_BxSxE + drop(layers.Mlp(cfg, name='mlp')(layers.norm(cfg, 'mlp_norm')(x_BxSxE)))
+
+
+class DecoderBlock(nn.Module):
+  cfg: Config
+
+  @nn.compact
+  def __call__(self, x_BxTxE, pos_BxT, kv_pos_BxS, layer_cache, index, memory, cross_kv):
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout, deterministic=cfg.deterministic)
+    h_BxTxE, layer_cache = attention.CausalSelfAttention(cfg, name='attn')(
+        layers.norm(cfg, 'attn_norm')(x_BxTxE), pos_BxT, kv_pos_BxS, layer_cache, index)
+    x_BxTxE = x_BxTxE + drop(h_BxTxE)
+    mem_BxSxE, mem_pos_BxS = memory if memory is not None else (None, None)
+    h_BxTxE, cross_kv = attention.Attention(cfg, name='cross')(
+        layers.norm(cfg, 'cross_norm')(x_BxTxE), pos_BxT, mem_BxSxE, mem_pos_BxS, cross_kv)
+    x_BxTxE = x_BxTxE + drop(h_BxTxE)
+    x_BxTxE = x_BxTxE + drop(layers.Mlp(cfg, name='mlp')(layers.norm(cfg, 'mlp_norm')(x_BxTxE)))
+    return x_BxTxE, layer_cache, cross_kv
+
+
+class EncDec(nn.Module):
+  """`(tokens_BxT, pos_BxT=None, cache=None, source_BxS=None, src_pos_BxS=None) ->
+  ({'hidden', 'logits'}, cache)`: the decoder over `tokens` attending to the encoded source
+  (given), or to the cross keys and values in `cache` (decoding, no source)."""
+  cfg: Config
+
+  def _embed(self, embed, tokens, pos):
+    cfg = self.cfg
+    x = embed(tokens)
+    if cfg.positions == 'learned':
+      x = x + layers.embed(cfg, cfg.max_len, (None, 'embed'), 'pos_embed')(
+          jnp.clip(pos, 0, cfg.max_len - 1))
+    return nn.Dropout(cfg.dropout, deterministic=cfg.deterministic)(x)
+
+  def _encode(self, embed, source_BxS, src_pos_BxS):
+    x_BxSxE = self._embed(embed, source_BxS, src_pos_BxS)
+    for i in range(self.cfg.num_layers):
+      x_BxSxE = EncoderBlock(self.cfg, name=f'encoder_{i}')(x_BxSxE, src_pos_BxS)
+    return layers.norm(self.cfg, 'encoder_norm')(x_BxSxE), src_pos_BxS
+
+  @nn.compact
+  def __call__(self, tokens_BxT, pos_BxT=None, cache=None, source_BxS=None, src_pos_BxS=None):
+    cfg = self.cfg
+    arange = lambda x: jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape)
+    pos_BxT = arange(tokens_BxT) if pos_BxT is None else pos_BxT
+    embed = layers.embed(cfg, cfg.vocab_size, ('vocab', 'embed'), 'embed')
+    memory = None
+    if source_BxS is not None:
+      memory = self._encode(embed, source_BxS,
+                            arange(source_BxS) if src_pos_BxS is None else src_pos_BxS)
+    x_BxTxE = self._embed(embed, tokens_BxT, pos_BxT)
+    index, kv_pos_BxS, selfs, crosses = None, pos_BxT, [None] * cfg.num_layers, [None] * (
+        cfg.num_layers)
+    if cache is not None:
+      index, selfs = cache['index'], cache['layers']
+      kv_pos_BxS = jax.lax.dynamic_update_slice(cache['pos'], pos_BxT, (0, index))
+      crosses = crosses if memory is not None else cache['cross']
+    new_selfs, new_crosses = [], []
+    for i in range(cfg.num_layers):
+      x_BxTxE, layer_cache, cross_kv = DecoderBlock(cfg, name=f'decoder_{i}')(
+          x_BxTxE, pos_BxT, kv_pos_BxS, selfs[i], index, memory, crosses[i])
+      new_selfs.append(layer_cache)
+      new_crosses.append(cross_kv)
+    x_BxTxE = layers.norm(cfg, 'final_norm')(x_BxTxE)
+    if cfg.tie_embeddings:
+      logits_BxTxV = layers.on_rows(embed.attend, x_BxTxE)
+    else:
+      logits_BxTxV = layers.dense(cfg, cfg.vocab_size, ('embed', 'vocab'), 'unembed',
+                                  bias=False)(x_BxTxE)
+    if cache is not None:
+      cache = {'layers': new_selfs, 'pos': kv_pos_BxS, 'index': index + tokens_BxT.shape[1],
+               'cross': new_crosses, 'offset': cache['offset']}
+    return {'hidden': x_BxTxE, 'logits': logits_BxTxV.astype(jnp.float32)}, cache
+
+
+def build(cfg):
+  return EncDec(dataclass_unscanned(cfg))
+
+
+def example_inputs(cfg, seq_len):
+  del cfg
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  return (tokens, None, None, tokens)
+
+
+def forward(module, params, batch, rngs=None):
+  """The outputs for a seq2seq batch: the decoder's 'inputs' and 'positions' over its 'source'
+  and 'source_positions'."""
+  return module.apply({'params': params}, batch['inputs'], batch.get('positions'), None,
+                      batch['source'], batch.get('source_positions'), rngs=rngs)[0]
+
+
+def prefill(module, params, tokens_BxP, pos_BxP, cache):
+  """Encodes the left-padded prompts and starts the decoder on each one's first token (bos) at
+  decoder position 0; returns (logits_BxV for the first answer token, cache)."""
+  first_Bx1 = jnp.take_along_axis(tokens_BxP, jnp.argmax(pos_BxP >= 0, axis=1)[:, None], 1)
+  cache = {**cache, 'offset': pos_BxP[:, -1] + 1}
+  outputs, cache = module.apply({'params': params}, first_Bx1, jnp.zeros_like(first_Bx1), cache,
+                                tokens_BxP, pos_BxP)
+  return outputs['logits'][:, -1], cache
+
+
+def decode_step(module, params, token_B, pos_B, cache):
+  """One decoder token per row; the sampler's position `pos_B` (the prompt's ids continued)
+  becomes the decoder's own, 1 for the first answer token."""
+  dec_pos_B = pos_B - cache['offset'] + 1
+  outputs, cache = module.apply({'params': params}, token_B[:, None], dec_pos_B[:, None], cache)
+  return outputs['logits'][:, 0], cache

@@ -1,0 +1,206 @@
+"""The encoder-decoder (model kind 'encdec'): cached decoding equals the full pass token by
+token, the source's padding is never attended to, the encoder sees the whole source and the
+decoder only its past, seq2seq batches are laid out exactly, and it trains, shards, samples,
+self-trains and resumes through the same step, loop and sampler as the decoder."""
+import json
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from selffb import checkpoint
+from selffb import sharding
+from selffb.data import pipeline
+from selffb.data import tokenizers
+from selffb.models import encdec
+from selffb.modes import train as train_mode
+from selffb.tasks import addition
+from selffb.tasks import seq
+from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
+from selffb.train import step as step_lib
+
+
+def encdec_config(data_dir, **train):
+  c = tiny.get_config()
+  c.model.kind = 'encdec'
+  c.data.data_dir = data_dir
+  c.train.update(train)
+  return c
+
+
+@pytest.fixture(scope='module')
+def model():
+  cfg = encdec.Config.from_config(encdec_config('').model, 259)
+  module = encdec.build(cfg)
+  params = nn.unbox(module.init(jax.random.key(1), *encdec.example_inputs(cfg, 8))['params'])
+  source = jax.random.randint(jax.random.key(0), (3, 7), 3, 259).at[:, 0].set(1)
+  target = jax.random.randint(jax.random.key(2), (3, 6), 3, 259).at[:, 0].set(1)
+  apply = lambda t, s, s_pos=None: module.apply({'params': params}, t, None, None, s, s_pos)[0]
+  return cfg, module, params, source, target, apply
+
+
+def left_padded(source, length, pad):
+  """The sampler's layout: `pad` padding slots (id -1) before the first `length` tokens."""
+  b = source.shape[0]
+  tokens = jnp.pad(source[:, :length], ((0, 0), (pad, 0)))
+  pos = jnp.pad(jnp.broadcast_to(jnp.arange(length), (b, length)), ((0, 0), (pad, 0)),
+                constant_values=-1)
+  return tokens, pos
+
+
+@pytest.mark.parametrize('source_len,pad', [(1, 0), (4, 3), (7, 2)])
+def test_cached_decoding_equals_the_full_pass(model, source_len, pad):
+  cfg, module, params, source, target, apply = model
+  full = apply(target, source[:, :source_len])['logits']
+  tokens, pos = left_padded(source, source_len, pad)
+  logits, cache = encdec.prefill(module, params, tokens, pos, encdec.init_cache(cfg, 3, 16))
+  np.testing.assert_allclose(logits, full[:, 0], rtol=1e-5, atol=1e-5)
+  for t in range(1, target.shape[1]):  # The sampler's ids continue the prompt's.
+    logits, cache = encdec.decode_step(module, params, target[:, t],
+                                       jnp.full((3,), source_len - 1 + t), cache)
+    np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_cross_attention_never_reads_source_padding(model):
+  _, _, _, source, target, apply = model
+  pos = jnp.where(jnp.arange(7) < 5, jnp.arange(7), -1)[None].repeat(3, 0)
+  other = source.at[:, 5:].set(9)
+  np.testing.assert_array_equal(apply(target, source, pos)['logits'],
+                                apply(target, other, pos)['logits'])
+  changed = source.at[:, 4].set(9)  # A real source token does change them.
+  assert not np.allclose(apply(target, source, pos)['logits'],
+                         apply(target, changed, pos)['logits'])
+
+
+def test_gradients_reach_back_only_to_the_past_and_to_the_unpadded_source(model):
+  """d logits[t] / d target embedding[s] is 0 for s > t and not for s <= t; d logits[t] /
+  d source embedding[j] is not 0 for every real source slot j (the encoder and the
+  cross-attention see all of it) and 0 for the padded ones."""
+  _, module, params, source, target, _ = model
+  src_pos = jnp.where(jnp.arange(7) < 5, jnp.arange(7), -1)[None].repeat(3, 0)
+  t = 2
+
+  def out_at_t(d_target, d_source):
+    def add(next_fn, args, kwargs, context):
+      out = next_fn(*args, **kwargs)
+      if context.module.name == 'embed' and context.method_name == '__call__':
+        out = out + (d_target if out.shape[1] == target.shape[1] else d_source)
+      return out
+    with nn.intercept_methods(add):
+      logits = module.apply({'params': params}, target, None, None, source, src_pos)[0]['logits']
+    return logits[:, t].sum()
+
+  zeros = lambda n: jnp.zeros((3, n, module.cfg.d_model))
+  g_target, g_source = jax.grad(out_at_t, argnums=(0, 1))(zeros(6), zeros(7))
+  per_target = np.abs(np.asarray(g_target)).sum(axis=(0, 2))
+  per_source = np.abs(np.asarray(g_source)).sum(axis=(0, 2))
+  assert (per_target[t + 1:] == 0).all() and (per_target[:t + 1] > 0).all()
+  assert (per_source[:5] > 0).all() and (per_source[5:] == 0).all()
+
+
+def test_seq2seq_batches_have_the_source_and_the_shifted_target():
+  tok = tokenizers.ByteTokenizer()
+  fmt = addition.AlignedFormat(seq2seq=True)
+  b = seq.encode_batch([{'prompt': '21+43=', 'answer': '640', 'digits': 2}], tok, 8, fmt)
+  enc = lambda text: list(tok.encode(text))
+  np.testing.assert_array_equal(b['source'][0], [1] + enc('21+43=') + [0])
+  np.testing.assert_array_equal(b['source_positions'][0], [0, 1, 2, 0, 1, 2, 1, -1])
+  np.testing.assert_array_equal(b['inputs'][0], [1] + enc('64') + [0] * 5)
+  np.testing.assert_array_equal(b['targets'][0], enc('640') + [0] * 5)
+  np.testing.assert_array_equal(b['positions'][0], [0, 1, 2] + [-1] * 5)
+  np.testing.assert_array_equal(b['loss_mask'][0], [1, 1, 1, 0, 0, 0, 0, 0])
+
+
+def one_step(c, batch, devices):
+  s = setup_lib.setup(c, '', devices)
+  state, state_sh = state_lib.init_state(s, jax.random.key(0))
+  p_train, _ = step_lib.compile_steps(s, state_sh)
+  state, metrics = p_train(state, sharding.put_batch(s.mesh, batch), jax.random.key(1))
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+@pytest.mark.slow
+def test_the_sharded_step_equals_one_device(tmp_path):
+  c = encdec_config(str(tmp_path / 'data'))
+  s = setup_lib.setup(c, '')
+  it = pipeline.make_iterator(seq.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0,
+                                                fmt=s.fmt))
+  batch = {k: v for k, v in next(it).items() if k in seq.BATCH_KEYS}
+  assert set(seq.SOURCE_KEYS) <= set(batch)
+  want_params, want = one_step(c, batch, jax.devices()[:1])
+  c.mesh.update(data=4, fsdp=2)
+  got_params, got = one_step(c, batch, jax.devices()[:8])
+  for key in ('loss', 'ce', 'grad_norm'):
+    assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got_params,
+               want_params)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('encdec_run'))
+  c = encdec_config(str(tmp_path_factory.mktemp('encdec_data')), num_steps=60,
+                    checkpoint_every=30, eval_every=30, log_every=10)
+  c.data.addition.update(max_digits=2, test_digits=(1, 2))
+  return c, workdir, train_mode.train_and_evaluate(c, workdir)
+
+
+def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
+  _, workdir, summary = trained
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  ce = [r['train/ce'] for r in rows if 'train/ce' in r]
+  assert ce[-1] < ce[0] - 1.0
+  assert summary['steps'] == 60 and set(summary['exact_match']) == {'1', '2'}
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted(trained, tmp_path):
+  c, workdir, _ = trained
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns('60'))
+  assert train_mode.train_and_evaluate(c, resumed)['steps'] == 60
+  load = lambda d: checkpoint.restore(checkpoint.make_manager(d, 2), None, None)
+  for a, b in zip(jax.tree.leaves(load(workdir)[1:3]), jax.tree.leaves(load(resumed)[1:3])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_strings_task_reverses_or_sorts_in_disjoint_splits():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from selffb.tasks import strings  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.data.task = 'strings'
+  c.data.strings.update(alphabet='abc', num_train=300, num_validation=20, num_test=10,
+                        max_length=5, test_lengths=(3, 7))
+  splits = {k: list(pipeline.read_all(v)) for k, v in strings.load_splits(c, '').items()}
+  assert set(splits) == {'train', 'validation', 'test_3', 'test_7'}
+  text = lambda r: r['prompt'].decode()[:-1]
+  assert all(r['answer'].decode() == text(r)[::-1] for rs in splits.values() for r in rs)
+  assert {len(text(r)) for r in splits['test_7']} == {7} and len(splits['test_3']) == 10
+  train = {text(r) for r in splits['train']}
+  held = {text(r) for name in ('validation', 'test_3', 'test_7') for r in splits[name]}
+  assert not train & held and {len(t) for t in train} <= set(range(1, 6))
+  assert strings.record('bca', 'sort')['answer'] == b'abc'
+  c.data.strings.update(op='shuffle', num_test=30)
+  found = strings.config_problems(c)
+  assert any("op='shuffle'" in f for f in found)
+  assert any('27 strings of length 3' in f for f in found)
+
+
+@pytest.mark.slow
+def test_a_self_training_round_runs_on_the_seq2seq_form_of_addition(tmp_path):
+  from selffb import selftrain  # pylint: disable=g-import-not-at-top
+  c = encdec_config(str(tmp_path / 'data'), num_steps=20)
+  c.data.addition.update(format='aligned', test_digits=(3, 4))
+  c.selftrain.update(rounds=1, start_digits=0, prompts_per_round=32, steps_per_round=10,
+                     warmup_steps=2, val_per_length=16)
+  rows = selftrain.run_selftrain(c, str(tmp_path / 'run'))
+  assert [r['round'] for r in rows] == [0, 1]
+  kept = [json.loads(l) for l in open(tmp_path / 'run' / 'rounds' / 'r01' / 'kept.jsonl')]
+  assert all(k['correct'] for k in kept)  # The exact verifier read the decoded targets.
+  assert rows[1]['generated'] == 32 and rows[1]['digits'] == 4
