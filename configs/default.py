@@ -35,7 +35,7 @@ def get_config(arg=None):
   c.model.attention_block = 128  # einsum, no cache: q-blocks this long skip later keys; 0 = 1 block
 
   c.data = ml_collections.ConfigDict()
-  c.data.task = 'addition'  # Task (selffb/tasks): 'addition', 'text' (local files), 'feedback'.
+  c.data.task = 'addition'  # Task (selffb/tasks): addition, text (local files), strings, feedback.
   c.data.tokenizer = 'byte'  # selffb/data/tokenizers.py: 'byte' (256 bytes + 3 specials).
   c.data.data_dir = ''  # Where ArrayRecord datasets (task 'text') go; '' means <workdir>/data.
   c.data.batch_size = 128  # Global training batch, in sequences.
@@ -53,6 +53,15 @@ def get_config(arg=None):
   c.data.text = ml_collections.ConfigDict()
   c.data.text.paths = ''  # Comma-separated file paths or globs of UTF-8 text, for task='text'.
   c.data.text.validation_fraction = 0.05  # Share of the text chunks held out for validation.
+  c.data.strings = ml_collections.ConfigDict()  # task='strings': reverse or sort (seq2seq).
+  c.data.strings.op = 'reverse'  # 'reverse' or 'sort' the prompt's string.
+  c.data.strings.alphabet = 'abcdefghij'  # The strings' symbols.
+  c.data.strings.min_length = 1  # Shortest training string.
+  c.data.strings.max_length = 8  # Longest training string.
+  c.data.strings.num_train = 20_000  # Training strings (a multiset; never a val/test one).
+  c.data.strings.num_validation = 500  # Validation strings (training lengths).
+  c.data.strings.num_test = 200  # Test strings per test length.
+  c.data.strings.test_lengths = (4, 8, 10, 12)  # Test lengths: in-distribution and beyond.
   c.data.feedback = ml_collections.ConfigDict()  # task='feedback': recorded feedback (JSONL).
   c.data.feedback.train_path = ''  # Records (selffb/feedback/records.py); '' writes an example.
   c.data.feedback.validation_path = ''  # Held-out records; '' holds out validation_fraction.

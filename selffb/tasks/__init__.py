@@ -8,8 +8,9 @@ self-training hooks documented in `addition.py` (docs/extending.md); if SUPPORTS
 from selffb.tasks import addition
 from selffb.tasks import feedback
 from selffb.tasks import lm
+from selffb.tasks import strings
 
-TASKS = {'addition': addition, 'text': lm, 'feedback': feedback}
+TASKS = {'addition': addition, 'text': lm, 'strings': strings, 'feedback': feedback}
 
 
 def get(name):

@@ -120,7 +120,8 @@ def check_config(config, num_devices=None):
 
 
 # Saved configs from before the layout move (issue 16), the new arms and the sweep's executor
-# settings (issue 17) and recorded feedback (issue 21): keys they added, with the values those runs had (the slurm defaults change
+# settings (issue 17), recorded feedback (issue 21) and the strings task (issue 20): keys they
+# added, with the values those runs had (the slurm defaults change
 # nothing a run computes), and the key removed (the vocabulary now comes from the tokenizer).
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
@@ -140,7 +141,12 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'data.feedback.base_task': '', 'data.feedback.example_prompts': 2000,
           'data.feedback.example_digits': [5, 6], 'feedback.preference.beta': 0.1,
           'feedback.preference.weight': 1.0, 'feedback.preference.kto_desirable': 1.0,
-          'feedback.preference.kto_undesirable': 1.0, 'finetune.init_workdir': ''}
+          'feedback.preference.kto_undesirable': 1.0, 'finetune.init_workdir': '',
+          # Issue 20: the strings task.
+          'data.strings.op': 'reverse', 'data.strings.alphabet': 'abcdefghij',
+          'data.strings.min_length': 1, 'data.strings.max_length': 8,
+          'data.strings.num_train': 20000, 'data.strings.num_validation': 500,
+          'data.strings.num_test': 200, 'data.strings.test_lengths': [4, 8, 10, 12]}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
