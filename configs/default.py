@@ -35,7 +35,7 @@ def get_config(arg=None):
   c.model.attention_block = 128  # einsum, no cache: q-blocks this long skip later keys; 0 = 1 block
 
   c.data = ml_collections.ConfigDict()
-  c.data.task = 'addition'  # Task (selffb/tasks): addition, text (local files), strings, feedback.
+  c.data.task = 'addition'  # Task (selffb/tasks): addition, text, strings, pairs (tfds), feedback.
   c.data.tokenizer = 'byte'  # selffb/data/tokenizers.py: 'byte' (256 bytes + 3 specials).
   c.data.data_dir = ''  # Where ArrayRecord datasets (task 'text') go; '' means <workdir>/data.
   c.data.batch_size = 128  # Global training batch, in sequences.
@@ -62,6 +62,17 @@ def get_config(arg=None):
   c.data.strings.num_validation = 500  # Validation strings (training lengths).
   c.data.strings.num_test = 200  # Test strings per test length.
   c.data.strings.test_lengths = (4, 8, 10, 12)  # Test lengths: in-distribution and beyond.
+  c.data.pairs = ml_collections.ConfigDict()  # task='pairs': text pairs of a prepared tfds set.
+  c.data.pairs.tfds_name = ''  # A prepared dataset (ArrayRecord), e.g. 'wmt14_translate/de-en'.
+  c.data.pairs.data_dir = ''  # Its tfds data dir; '' is tfds's default (~/tensorflow_datasets).
+  c.data.pairs.source_key = 'en'  # The feature read as the prompt (the source).
+  c.data.pairs.target_key = 'de'  # The feature read as the answer (the target).
+  c.data.pairs.separator = ' => '  # Appended to the source (where a decoder's answer starts).
+  c.data.pairs.train_split = 'train'  # tfds split syntax, e.g. 'train[:95%]'.
+  c.data.pairs.validation_split = 'validation'  # The validation split.
+  c.data.pairs.test_split = 'test[:500]'  # Scored by config.evals as test_<test_name>.
+  c.data.pairs.test_name = 'test'  # The test split's label.
+  c.data.pairs.max_bytes = 64  # Each text cut to this many UTF-8 bytes.
   c.data.feedback = ml_collections.ConfigDict()  # task='feedback': recorded feedback (JSONL).
   c.data.feedback.train_path = ''  # Records (selffb/feedback/records.py); '' writes an example.
   c.data.feedback.validation_path = ''  # Held-out records; '' holds out validation_fraction.

@@ -46,7 +46,7 @@ CHECKED_ELSEWHERE = ('mesh.data', 'mesh.fsdp', 'mesh.tensor', 'model.attention_b
                      'sample.max_new_tokens', 'feedback.weights.', 'selftrain.weights.',
                      'data.addition.', 'data.feedback.correction_weight',
                      'data.feedback.original_weight', 'data.feedback.pair_sft_weight',
-                     'feedback.preference.', 'data.strings.')
+                     'feedback.preference.', 'data.strings.', 'data.pairs.')
 
 
 def test_every_numeric_key_has_a_checked_range():
@@ -84,7 +84,7 @@ def test_a_run_saved_before_the_layout_move_still_resumes_and_evaluates():
   del old['optim']['feedback_scale_at'], old['feedback']['blend']  # Issue 17's new arms.
   del old['feedback']['blend_fraction']
   del old['data']['feedback'], old['feedback']['preference'], old['finetune']  # Issue 21's.
-  del old['data']['strings']  # Issue 20's.
+  del old['data']['strings'], old['data']['pairs']  # Issue 20's.
   old['model']['vocab_size'] = 259
   old['selftrain']['verifier'] = 'addition'
   assert checks.config_changes(old, default.get_config()) == {}

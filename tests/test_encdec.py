@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from configs import tiny
 from selffb import checkpoint
@@ -204,3 +205,48 @@ def test_a_self_training_round_runs_on_the_seq2seq_form_of_addition(tmp_path):
   kept = [json.loads(l) for l in open(tmp_path / 'run' / 'rounds' / 'r01' / 'kept.jsonl')]
   assert all(k['correct'] for k in kept)  # The exact verifier read the decoded targets.
   assert rows[1]['generated'] == 32 and rows[1]['digits'] == 4
+
+
+class TinyPairs(tfds.core.GeneratorBasedBuilder):
+  """A translation-like dataset the test prepares offline: 'en' words and their reversal 'de'."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'en': tfds.features.Text(), 'de': tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {name: self._generate_examples(n, seed) for name, n, seed in (
+        ('train', 256, 0), ('validation', 32, 1), ('test', 16, 2))}
+
+  def _generate_examples(self, n, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+      word = ''.join(rng.choice(list('abcdef'), int(rng.integers(2, 6))))
+      yield i, {'en': word, 'de': word[::-1]}
+
+
+def test_the_pairs_task_reads_a_tfds_dataset_by_name_offline(tmp_path):
+  from selffb import errors  # pylint: disable=g-import-not-at-top
+  from selffb.tasks import pairs  # pylint: disable=g-import-not-at-top
+  data = tmp_path / 'tfds'
+  TinyPairs(data_dir=str(data), file_format='array_record').download_and_prepare()
+  c = encdec_config(str(tmp_path / 'unused'), num_steps=30, eval_every=30)
+  c.data.task, c.data.seq_len = 'pairs', 16
+  c.data.pairs.update(tfds_name='tiny_pairs', data_dir=str(data), test_split='test',
+                      separator='', max_bytes=4)
+  splits = pairs.load_splits(c, '')
+  assert (len(splits['train']), len(splits['validation']), len(splits['test_test'])) == (
+      256, 32, 16)
+  record = splits['train'].__getitems__([0])[0]
+  assert record['answer'] == record['prompt'][::-1] and len(record['prompt']) <= 4
+  summary = train_mode.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert summary['steps'] == 30 and set(summary['exact_match']) == {'test'}
+  c.data.pairs.target_key = 'fr'
+  with pytest.raises(errors.InputError, match=r"no feature\(s\) \['fr'\]; its features are "
+                     r"\['de', 'en'\]"):
+    pairs.load_splits(c, '')
+  c.data.pairs.update(target_key='de', tfds_name='not_prepared_pairs')
+  with pytest.raises(errors.InputError, match='tfds build not_prepared_pairs'):
+    pairs.load_splits(c, '')

@@ -8,9 +8,11 @@ self-training hooks documented in `addition.py` (docs/extending.md); if SUPPORTS
 from selffb.tasks import addition
 from selffb.tasks import feedback
 from selffb.tasks import lm
+from selffb.tasks import pairs
 from selffb.tasks import strings
 
-TASKS = {'addition': addition, 'text': lm, 'strings': strings, 'feedback': feedback}
+TASKS = {'addition': addition, 'text': lm, 'strings': strings, 'pairs': pairs,
+         'feedback': feedback}
 
 
 def get(name):

@@ -120,9 +120,9 @@ def check_config(config, num_devices=None):
 
 
 # Saved configs from before the layout move (issue 16), the new arms and the sweep's executor
-# settings (issue 17), recorded feedback (issue 21) and the strings task (issue 20): keys they
-# added, with the values those runs had (the slurm defaults change
-# nothing a run computes), and the key removed (the vocabulary now comes from the tokenizer).
+# settings (issue 17), recorded feedback (issue 21) and the strings and pairs tasks (issue 20):
+# keys they added, with the values those runs had (the slurm defaults change nothing a run
+# computes), and the key removed (the vocabulary now comes from the tokenizer).
 _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'evals.exact_match.type': 'greedy_exact_match', 'evals.exact_match.splits': 'test_*',
           'optim.feedback_scale_at': 'gradients', 'feedback.blend': 'none',
@@ -146,7 +146,12 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'data.strings.op': 'reverse', 'data.strings.alphabet': 'abcdefghij',
           'data.strings.min_length': 1, 'data.strings.max_length': 8,
           'data.strings.num_train': 20000, 'data.strings.num_validation': 500,
-          'data.strings.num_test': 200, 'data.strings.test_lengths': [4, 8, 10, 12]}
+          'data.strings.num_test': 200, 'data.strings.test_lengths': [4, 8, 10, 12],
+          'data.pairs.tfds_name': '', 'data.pairs.data_dir': '', 'data.pairs.source_key': 'en',
+          'data.pairs.target_key': 'de', 'data.pairs.separator': ' => ',
+          'data.pairs.train_split': 'train', 'data.pairs.validation_split': 'validation',
+          'data.pairs.test_split': 'test[:500]', 'data.pairs.test_name': 'test',
+          'data.pairs.max_bytes': 64}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
