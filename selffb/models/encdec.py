@@ -23,18 +23,25 @@ from selffb.models import decoder
 from selffb.models import layers
 
 SEQ2SEQ = True
-Config, logical_sizes, check_decode = decoder.Config, decoder.logical_sizes, decoder.check_decode
+logical_sizes, check_decode = decoder.logical_sizes, decoder.check_decode
+
+
+class Config(decoder.Config):
+  """The decoder's hyperparameters; its blocks are neither scanned nor rematerialised."""
+
+  @classmethod
+  def from_config(cls, c, vocab_size):
+    if c.scan_layers or c.remat != 'none':
+      raise ValueError("config.model.kind='encdec' runs its blocks unrolled, without remat: set "
+                       "config.model.scan_layers=False and config.model.remat='none'.")
+    return super().from_config(c, vocab_size)
 
 
 def init_cache(cfg, batch, length):
   """The decoder's self-attention cache (as the decoder's); prefill adds the cross-attention
   keys and values of the source and the position offset."""
-  return {**decoder.init_cache(dataclass_unscanned(cfg), batch, length), 'cross': None,
+  return {**decoder.init_cache(cfg, batch, length), 'cross': None,
           'offset': jnp.zeros((batch,), jnp.int32)}
-
-
-def dataclass_unscanned(cfg):
-  return cfg.replace(scan_layers=False)  # The blocks here are never scanned.
 
 
 class EncoderBlock(nn.Module):
@@ -124,7 +131,7 @@ class EncDec(nn.Module):
 
 
 def build(cfg):
-  return EncDec(dataclass_unscanned(cfg))
+  return EncDec(cfg)
 
 
 def example_inputs(cfg, seq_len):
