@@ -14,7 +14,7 @@ def get_config(arg=None):
   c.seed = 0  # Seeds parameter init, data generation and order, dropout.
 
   c.model = ml_collections.ConfigDict()
-  c.model.kind = 'decoder'  # Model kind (selffb/models): 'decoder' or 'lstm'. Vocab: tokenizer's.
+  c.model.kind = 'decoder'  # selffb/models: 'decoder', 'encdec' or 'lstm'. Vocab: tokenizer's.
   c.model.num_layers = 4  # Transformer blocks.
   c.model.num_heads = 4  # Attention heads; must divide d_model.
   c.model.d_model = 64  # Residual stream width.

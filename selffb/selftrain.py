@@ -163,7 +163,7 @@ def _fit_round(run, directory, r, self_records, params, head, t0):
   records = [s.task.to_record(x['prompt'], x['answer'], x['digits']) for x in self_records]
   source = pipeline.mix(s.splits['train'], records, config.selftrain.mix,
                         config.selftrain.max_self_examples)
-  seq_len = max([s.seq_len] + [s.task.example_length(x) for x in records])
+  seq_len = max([s.seq_len] + [s.task.example_length(x, s.fmt) for x in records])
   if seq_len > config.model.max_len:
     raise checks.ConfigError(f'round data needs {seq_len} tokens but config.model.max_len='
                              f'{config.model.max_len}; raise it.')

@@ -46,25 +46,31 @@ def model():
   return cfg, module, params, source, target, apply
 
 
-def left_padded(source, length, pad):
-  """The sampler's layout: `pad` padding slots (id -1) before the first `length` tokens."""
-  b = source.shape[0]
+def left_padded(source, ids, pad):
+  """The sampler's layout: `pad` padding slots (id -1) before the source tokens with `ids`."""
+  b, length = source.shape[0], len(ids)
   tokens = jnp.pad(source[:, :length], ((0, 0), (pad, 0)))
-  pos = jnp.pad(jnp.broadcast_to(jnp.arange(length), (b, length)), ((0, 0), (pad, 0)),
+  pos = jnp.pad(jnp.broadcast_to(jnp.asarray(ids), (b, length)), ((0, 0), (pad, 0)),
                 constant_values=-1)
   return tokens, pos
 
 
-@pytest.mark.parametrize('source_len,pad', [(1, 0), (4, 3), (7, 2)])
-def test_cached_decoding_equals_the_full_pass(model, source_len, pad):
-  cfg, module, params, source, target, apply = model
-  full = apply(target, source[:, :source_len])['logits']
-  tokens, pos = left_padded(source, source_len, pad)
+@pytest.mark.parametrize('ids,pad', [([0], 0), ([0, 1, 2, 3], 3), ([0, 1, 2, 0, 1, 2, 1], 2)])
+def test_cached_decoding_equals_the_full_pass(model, ids, pad):
+  """The decoder's ids continue from the source's last id (the third case restarts its ids per
+  operand, as the aligned addition layout does, so the last id is not the length - 1)."""
+  cfg, module, params, source, target, _ = model
+  n, last = len(ids), ids[-1]
+  src_pos = jnp.broadcast_to(jnp.asarray(ids), (3, n))
+  dec_pos = jnp.broadcast_to(last + jnp.arange(6), (3, 6))
+  full = module.apply({'params': params}, target, dec_pos, None, source[:, :n], src_pos)[0][
+      'logits']
+  tokens, pos = left_padded(source, ids, pad)
   logits, cache = encdec.prefill(module, params, tokens, pos, encdec.init_cache(cfg, 3, 16))
   np.testing.assert_allclose(logits, full[:, 0], rtol=1e-5, atol=1e-5)
   for t in range(1, target.shape[1]):  # The sampler's ids continue the prompt's.
-    logits, cache = encdec.decode_step(module, params, target[:, t],
-                                       jnp.full((3,), source_len - 1 + t), cache)
+    logits, cache = encdec.decode_step(module, params, target[:, t], jnp.full((3,), last + t),
+                                       cache)
     np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
 
 
@@ -114,7 +120,7 @@ def test_seq2seq_batches_have_the_source_and_the_shifted_target():
   np.testing.assert_array_equal(b['source_positions'][0], [0, 1, 2, 0, 1, 2, 1, -1])
   np.testing.assert_array_equal(b['inputs'][0], [1] + enc('64') + [0] * 5)
   np.testing.assert_array_equal(b['targets'][0], enc('640') + [0] * 5)
-  np.testing.assert_array_equal(b['positions'][0], [0, 1, 2] + [-1] * 5)
+  np.testing.assert_array_equal(b['positions'][0], [1, 2, 3] + [-1] * 5)  # From '=''s id.
   np.testing.assert_array_equal(b['loss_mask'][0], [1, 1, 1, 0, 0, 0, 0, 0])
 
 

@@ -56,17 +56,20 @@ def test_cached_continuation_equals_the_full_pass(model, prompt_len):
 
 
 def test_padding_leaves_the_state_alone(model):
-  _, module, params, tokens = model
-  pos = jnp.where(jnp.arange(12) < 8, jnp.arange(12), -1)[None].repeat(3, 0)
-  out = lambda t: module.apply({'params': params}, t, pos)[0]['logits'][:, :8]
-  other = tokens.at[:, 8:].set(7)
-  np.testing.assert_array_equal(out(tokens), out(other))
-  # A pad before the sequence changes nothing after it either.
-  left = jnp.pad(tokens[:, :8], ((0, 0), (1, 0)), constant_values=5)
-  left_pos = jnp.pad(jnp.broadcast_to(jnp.arange(8), (3, 8)), ((0, 0), (1, 0)),
-                     constant_values=-1)
-  np.testing.assert_allclose(module.apply({'params': params}, left, left_pos)[0]['logits'][:, 1:],
-                             out(tokens), rtol=1e-6, atol=1e-6)
+  """Pads after a sequence (training's layout) or before it (the sampler's) leave the carry and
+  the logits of the real tokens as they are."""
+  cfg, module, params, tokens = model
+  run = lambda t, p: module.apply({'params': params}, t, p, lstm.init_cache(cfg, 3, 0))
+  ids = jnp.broadcast_to(jnp.arange(8), (3, 8))
+  want, want_cache = run(tokens[:, :8], ids)
+  right_pos = jnp.concatenate([ids, jnp.full((3, 4), -1)], axis=1)
+  _, right_cache = run(tokens.at[:, 8:].set(7), right_pos)
+  left = jnp.pad(tokens[:, :8], ((0, 0), (2, 0)), constant_values=5)
+  left_out, left_cache = run(left, jnp.pad(ids, ((0, 0), (2, 0)), constant_values=-1))
+  for got in (right_cache, left_cache):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got,
+                 want_cache)
+  np.testing.assert_allclose(left_out['logits'][:, 2:], want['logits'], rtol=1e-6, atol=1e-6)
 
 
 def one_step(c, batch, devices):

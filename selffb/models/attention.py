@@ -161,7 +161,8 @@ class Attention(nn.Module):
   cross-attention to the encoder's output. `kv` (keys, values, valid), as a call returns them,
   skips the key and value projections: a decoder computes them once per source. With RoPE, the
   queries rotate by `pos_BxT` and the keys by `mem_pos_BxS`, so the ids of the two sides line
-  up (the aligned addition layout gives answer digit i and operand digit i the same id)."""
+  up (in the aligned addition layout the token that writes answer digit i has the id of
+  operand digit i)."""
   cfg: object
 
   @nn.compact

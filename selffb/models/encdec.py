@@ -4,13 +4,14 @@ output, pre-norm blocks of the decoder's layers (`layers.py`, `attention.py`), o
 shared by both sides and, if tied, by the output. `config.model` is read as for the decoder;
 each side has `num_layers` blocks. It follows the interface documented in `decoder.py`, with
 `SEQ2SEQ = True`: a task's batches then carry `source` and `source_positions` (the prompt) next
-to `inputs` (bos + answer, shifted) and decoder `positions` 0, 1, ...
+to `inputs` (bos + answer, shifted) and decoder `positions` that continue from the prompt's
+last id, as a decoder-only model's would.
 
 Decoding through the same sampler: `prefill` encodes the (left-padded) prompt once, computes
 every layer's cross-attention keys and values from it, and starts the decoder on the prompt's
-first token (bos) at position 0; `decode_step` advances the decoder's self-attention KV cache by
-one token and reads the cached cross keys and values. The sampler's position ids continue the
-prompt's; the cache keeps the offset that turns them into the decoder's 1, 2, ...
+first token (bos) with the prompt's last id; `decode_step` advances the decoder's
+self-attention KV cache by one token (the sampler's ids continue the prompt's) and reads the
+cached cross keys and values.
 
 Shapes in names: B batch, T target length, S source length, E d_model, V vocab.
 """
@@ -39,9 +40,8 @@ class Config(decoder.Config):
 
 def init_cache(cfg, batch, length):
   """The decoder's self-attention cache (as the decoder's); prefill adds the cross-attention
-  keys and values of the source and the position offset."""
-  return {**decoder.init_cache(cfg, batch, length), 'cross': None,
-          'offset': jnp.zeros((batch,), jnp.int32)}
+  keys and values of the source."""
+  return {**decoder.init_cache(cfg, batch, length), 'cross': None}
 
 
 class EncoderBlock(nn.Module):
@@ -126,7 +126,7 @@ class EncDec(nn.Module):
                                   bias=False)(x_BxTxE)
     if cache is not None:
       cache = {'layers': new_selfs, 'pos': kv_pos_BxS, 'index': index + tokens_BxT.shape[1],
-               'cross': new_crosses, 'offset': cache['offset']}
+               'cross': new_crosses}
     return {'hidden': x_BxTxE, 'logits': logits_BxTxV.astype(jnp.float32)}, cache
 
 
@@ -148,18 +148,13 @@ def forward(module, params, batch, rngs=None):
 
 
 def prefill(module, params, tokens_BxP, pos_BxP, cache):
-  """Encodes the left-padded prompts and starts the decoder on each one's first token (bos) at
-  decoder position 0; returns (logits_BxV for the first answer token, cache)."""
+  """Encodes the left-padded prompts and starts the decoder on each one's first token (bos) with
+  the prompt's last id, as training lays the target out; returns (logits_BxV for the first
+  answer token, cache)."""
   first_Bx1 = jnp.take_along_axis(tokens_BxP, jnp.argmax(pos_BxP >= 0, axis=1)[:, None], 1)
-  cache = {**cache, 'offset': pos_BxP[:, -1] + 1}
-  outputs, cache = module.apply({'params': params}, first_Bx1, jnp.zeros_like(first_Bx1), cache,
+  outputs, cache = module.apply({'params': params}, first_Bx1, pos_BxP[:, -1:], cache,
                                 tokens_BxP, pos_BxP)
   return outputs['logits'][:, -1], cache
 
 
-def decode_step(module, params, token_B, pos_B, cache):
-  """One decoder token per row; the sampler's position `pos_B` (the prompt's ids continued)
-  becomes the decoder's own, 1 for the first answer token."""
-  dec_pos_B = pos_B - cache['offset'] + 1
-  outputs, cache = module.apply({'params': params}, token_B[:, None], dec_pos_B[:, None], cache)
-  return outputs['logits'][:, 0], cache
+decode_step = decoder.decode_step  # The sampler's ids continue the prompt's, as the target's do.

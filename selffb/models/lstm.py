@@ -51,10 +51,10 @@ class Config:
 
 
 def logical_sizes(cfg):
-  """Logical axes: a cell's kernels are (embed, mlp), its gate width the 'mlp' axis; the
-  attention axes of config.mesh.rules have one entry (nothing to split)."""
+  """Logical axes: a cell's kernels are (embed, mlp), its gate width the 'mlp' axis; None for
+  the axes of config.mesh.rules an LSTM has no parameters on (their rules do nothing)."""
   return {'embed': cfg.d_model, 'mlp': cfg.d_model, 'vocab': cfg.vocab_size,
-          'layers': cfg.num_layers, 'heads': 1, 'head_dim': 1}
+          'layers': None, 'heads': None, 'head_dim': None}
 
 
 def init_cache(cfg, batch, length):

@@ -125,8 +125,8 @@ def row_logps(s, params, source):
   """(summed log p, tokens) of every row of `source`'s units (2 a unit), under `params`."""
   shardings = jax.tree.map(lambda x: x.sharding, state_lib.abstract_params(s))
   fn = step_lib.jit_eval_step(s, shardings, eval_fn=s.task.row_logps, name='row_logps')
-  got = [jax.device_get(fn(params, sharding.put_global(s.mesh, {k: b[k] for k in
-                                                                 s.task.ROW_KEYS})))
+  got = [jax.device_get(fn(params, sharding.put_global(s.mesh, {
+      k: b[k] for k in s.task.ROW_KEYS if k in b})))
          for b in s.task.eval_batches(source, s.tokenizer, s.config.data.eval_batch_size, s.fmt)]
   n = 2 * len(source)
   return (np.concatenate([g['logp'] for g in got])[:n],

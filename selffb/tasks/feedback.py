@@ -78,9 +78,11 @@ def paths(config, data_dir):
   return os.path.join(data_dir, 'feedback_example', digest.hexdigest()[:12] + '.jsonl'), ''
 
 
-def example_length(unit):
-  """Input tokens of the unit's longer row (bos + prompt + response; bytes of UTF-8)."""
-  return max(1 + len(r['prompt'].encode()) + len(r['response'].encode()) for r in unit['rows'])
+def example_length(unit, fmt=None):
+  """Input tokens of the unit's longer row (bos + prompt + response; bytes of UTF-8), or in a
+  seq2seq layout its longer source or target."""
+  return max(seq.example_length({'prompt': r['prompt'].encode(),
+                                 'answer': r['response'].encode()}, fmt) for r in unit['rows'])
 
 
 def _read(path, config):
@@ -198,7 +200,7 @@ def eval_batches(source, tokenizer, batch_size, fmt=seq.SequenceFormat()):
   """Every unit, batch_size // 2 a batch, padded to the split's longest. `response_mask` covers
   every live response (row_logps); `loss_mask` and `valid` only the preferred ones (eval_sums)."""
   all_units, per = list(pipeline.read_all(source)), batch_size // 2
-  length = max(example_length(u) for u in all_units)
+  length = max(example_length(u, fmt) for u in all_units)
   batches = []
   for start in range(0, len(all_units), per):
     chunk = all_units[start:start + per]

@@ -3,7 +3,9 @@ translation dataset: each example's `source_key` text is the prompt (then `separ
 `target_key` text the answer; a sequence-to-sequence task for the encoder-decoder, or a
 prompt -> answer task for the decoder. Read TensorFlow-free with `tfds.data_source` from
 ArrayRecord files in `config.data.pairs.data_dir`; nothing is downloaded. Both texts are cut
-to `max_bytes` UTF-8 bytes (on a character boundary).
+to `max_bytes` UTF-8 bytes (on a character boundary), so config.data.seq_len can be set from
+it without reading the corpus through; a cut pair is a truncated translation, so set
+max_bytes above the texts you care about.
 """
 import os
 
@@ -83,6 +85,8 @@ def config_problems(config):
   need = lambda ok, message: None if ok else found.append(message)
   need(c.tfds_name, "config.data.task='pairs' needs config.data.pairs.tfds_name.")
   need(c.max_bytes >= 1, f'config.data.pairs.max_bytes={c.max_bytes} must be >= 1.')
-  need(d.seq_len >= 1, "config.data.task='pairs' needs config.data.seq_len (a corpus is not "
-       'scanned for its longest example): 1 + 2 * max_bytes + len(separator) fits any.')
+  fits = 2 + 2 * c.max_bytes + len(c.separator.encode())  # bos, source, separator, target, eos.
+  need(d.seq_len >= fits, f"config.data.task='pairs' reads no corpus through for its longest "
+       f'example: config.data.seq_len={d.seq_len} must be at least 2 + 2 * max_bytes + '
+       f'the separator\'s bytes = {fits}.')
   return found

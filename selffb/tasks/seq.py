@@ -24,7 +24,8 @@ class SequenceFormat:
   run (0, 1, 2, ... here; a task may subclass), and how far may training shift them: one random
   s in [0, shift] per sequence is added to every id above 0. With `seq2seq` (set by setup for a
   model kind with SEQ2SEQ) bos + prompt is the source and bos + answer the decoder's sequence,
-  whose ids run 0, 1, 2, ..."""
+  whose ids continue from the prompt's last id as a decoder-only model's would (so in the
+  aligned layout the token that writes answer digit i has operand digit i's id)."""
   eos: bool = True
   shift: int = 0
   seq2seq: bool = False
@@ -78,7 +79,8 @@ def encode_batch(records, tokenizer, seq_len, fmt=SequenceFormat(), shifts=None)
 def _encode_seq2seq(records, tokenizer, seq_len, fmt, shifts):
   """encode_batch for an encoder-decoder: `source` (bos + prompt, ids by the format) and the
   decoder's `inputs` (bos + answer) -> `targets` (answer + eos if the format has one), both
-  right-padded to seq_len; the loss covers every target."""
+  right-padded to seq_len; decoder ids start at the source's last id; the loss covers every
+  target."""
   n, pad = len(records), tokenizer.pad_id
   out = {k: np.full((n, seq_len), v, np.int32) for k, v in (
       ('source', pad), ('source_positions', -1), ('inputs', pad), ('targets', pad),
@@ -91,7 +93,8 @@ def _encode_seq2seq(records, tokenizer, seq_len, fmt, shifts):
     if max(len(source), len(target) - 1) > seq_len:
       raise ValueError(f'an example of {len(source)} source and {len(target) - 1} target '
                        f'tokens exceeds seq_len={seq_len}; raise config.data.seq_len.')
-    src_ids, dec_ids = fmt.position_ids(source, tokenizer), np.arange(len(target) - 1)
+    src_ids = fmt.position_ids(source, tokenizer)
+    dec_ids = src_ids[-1] + np.arange(len(target) - 1)
     if shifts is not None:
       src_ids = np.where(src_ids > 0, src_ids + shifts[i], src_ids)
       dec_ids = np.where(dec_ids > 0, dec_ids + shifts[i], dec_ids)
@@ -104,14 +107,12 @@ def _encode_seq2seq(records, tokenizer, seq_len, fmt, shifts):
           'digits': np.asarray([r['digits'] for r in records], np.int32)}
 
 
-def example_length(record):
-  """Tokens a record occupies in `inputs` (bos + prompt + answer; an eos is only a target)."""
+def example_length(record, fmt=None):
+  """Tokens a record occupies in `inputs` (bos + prompt + answer; an eos is only a target); in
+  a seq2seq layout, the longer of the source (bos + prompt) and the target (answer + eos)."""
+  if fmt is not None and fmt.seq2seq:
+    return max(1 + len(record['prompt']), len(record['answer']) + fmt.eos)
   return 1 + len(record['prompt']) + len(record['answer'])
-
-
-def longest(source):
-  """The longest example of a source, in input tokens."""
-  return max(example_length(r) for r in pipeline.read_all(source))
 
 
 def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
@@ -133,7 +134,7 @@ def eval_batches(source, tokenizer, batch_size, fmt=SequenceFormat()):
   """A whole split as a list of batches, padded to the split's longest example. The last batch
   is padded with copies of the first record, marked by `valid` = 0."""
   records = list(pipeline.read_all(source))
-  length = max(example_length(r) for r in records)
+  length = max(example_length(r, fmt) for r in records)
   batches = []
   for start in range(0, len(records), batch_size):
     chunk = records[start:start + batch_size]

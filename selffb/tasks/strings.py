@@ -71,6 +71,14 @@ def config_problems(config):
   for n in c.test_lengths:
     need(symbols ** n >= c.num_test, f'there are {symbols ** n} strings of length {n} over '
          f'{c.alphabet!r}, fewer than config.data.strings.num_test={c.num_test}.')
-  need(symbols ** c.max_length >= 2 * c.num_validation, f'strings up to max_length='
-       f'{c.max_length} over {c.alphabet!r} are too few for num_validation={c.num_validation}.')
+  lengths = range(c.min_length, c.max_length + 1)
+  left = sum(symbols ** n for n in lengths) - c.num_test * sum(n in lengths for n in set(
+      c.test_lengths))
+  need(left >= 2 * c.num_validation, f'strings of {c.min_length}-{c.max_length} symbols over '
+       f'{c.alphabet!r}, less the test ones, are too few for num_validation='
+       f'{c.num_validation} (twice as many are needed).')
+  if config.model.positions == 'learned':
+    longest = 2 * max(list(c.test_lengths) + [c.max_length]) + 3  # bos s = answer eos.
+    need(longest <= config.model.max_len, f'strings of the longest test length need {longest} '
+         f'positions but config.model.max_len={config.model.max_len} (learned positions).')
   return found

@@ -93,7 +93,7 @@ def _mesh_problems(config, num_devices, model, model_cfg):
     if (model_cfg is not None and name not in sizes) or (axis and axis not in sharding.AXES):
       found.append(f'config.mesh.rules.{name}={axis!r}: logical axes are {tuple(sizes)}, '
                    f"mesh axes {sharding.AXES} (or '' to replicate).")
-    elif axis and name in sizes and sizes[name] % shape[axis]:
+    elif axis and sizes.get(name) is not None and sizes[name] % shape[axis]:
       found.append(f'config.mesh.rules.{name}={axis!r}: {name} has {sizes[name]} entries, not '
                    f'divisible by mesh axis {axis}={shape[axis]}; change the rule or the size.')
   return found

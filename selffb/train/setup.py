@@ -61,17 +61,17 @@ def setup(config, workdir, devices=None, with_data=True):
   tokenizer = tokenizers.get(config.data.tokenizer)
   model, task = models.get(config.model.kind), tasks.get(config.data.task)
   mesh = sharding.make_mesh(config.mesh, devices)
+  fmt = task.batch_format(config)
+  if getattr(model, 'SEQ2SEQ', False):  # Prompts become the encoder's source.
+    fmt = dataclasses.replace(fmt, seq2seq=True)
   splits, seq_len = {}, config.model.max_len
   if with_data:
     splits = load_splits(config, workdir)
     seq_len = config.data.seq_len or max(
-        task.example_length(r) for r in pipeline.read_all(splits['train']))
+        task.example_length(r, fmt) for r in pipeline.read_all(splits['train']))
     if seq_len > config.model.max_len:
       raise checks.ConfigError(f'training sequences of {seq_len} tokens exceed '
                                f'config.model.max_len={config.model.max_len}.')
-  fmt = task.batch_format(config)
-  if getattr(model, 'SEQ2SEQ', False):  # Prompts become the encoder's source.
-    fmt = dataclasses.replace(fmt, seq2seq=True)
   return Setup(config=config, model=model,
                model_cfg=model.Config.from_config(config.model, tokenizer.vocab_size),
                task=task, tokenizer=tokenizer, fmt=fmt, splits=splits,
