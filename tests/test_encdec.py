@@ -158,6 +158,7 @@ def trained(tmp_path_factory):
   return c, workdir, train_mode.train_and_evaluate(c, workdir)
 
 
+@pytest.mark.slow
 def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
   _, workdir, summary = trained
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -233,6 +234,7 @@ class TinyPairs(tfds.core.GeneratorBasedBuilder):
       yield i, {'en': word, 'de': word[::-1]}
 
 
+@pytest.mark.slow
 def test_the_pairs_task_reads_a_tfds_dataset_by_name_offline(tmp_path):
   from selffb import errors  # pylint: disable=g-import-not-at-top
   from selffb.tasks import pairs  # pylint: disable=g-import-not-at-top

@@ -104,6 +104,7 @@ def trained(tmp_path_factory):
   return c, workdir, train_mode.train_and_evaluate(c, workdir)
 
 
+@pytest.mark.slow
 def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
   _, workdir, summary = trained
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
