@@ -4,18 +4,17 @@ decoder only its past, seq2seq batches are laid out exactly, and it trains, shar
 self-trains and resumes through the same step, loop and sampler as the decoder."""
 import json
 import os
-import shutil
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import kind_checks
 import tensorflow_datasets as tfds
 
 from configs import tiny
-from selffb import checkpoint
-from selffb import sharding
 from selffb.data import pipeline
 from selffb.data import tokenizers
 from selffb.models import encdec
@@ -23,8 +22,6 @@ from selffb.modes import train as train_mode
 from selffb.tasks import addition
 from selffb.tasks import seq
 from selffb.train import setup as setup_lib
-from selffb.train import state as state_lib
-from selffb.train import step as step_lib
 
 
 def encdec_config(data_dir, **train):
@@ -124,14 +121,6 @@ def test_seq2seq_batches_have_the_source_and_the_shifted_target():
   np.testing.assert_array_equal(b['loss_mask'][0], [1, 1, 1, 0, 0, 0, 0, 0])
 
 
-def one_step(c, batch, devices):
-  s = setup_lib.setup(c, '', devices)
-  state, state_sh = state_lib.init_state(s, jax.random.key(0))
-  p_train, _ = step_lib.compile_steps(s, state_sh)
-  state, metrics = p_train(state, sharding.put_batch(s.mesh, batch), jax.random.key(1))
-  return jax.device_get(state.params), jax.device_get(metrics)
-
-
 @pytest.mark.slow
 def test_the_sharded_step_equals_one_device(tmp_path):
   c = encdec_config(str(tmp_path / 'data'))
@@ -140,9 +129,9 @@ def test_the_sharded_step_equals_one_device(tmp_path):
                                                 fmt=s.fmt))
   batch = {k: v for k, v in next(it).items() if k in seq.BATCH_KEYS}
   assert set(seq.SOURCE_KEYS) <= set(batch)
-  want_params, want = one_step(c, batch, jax.devices()[:1])
+  want_params, want = kind_checks.one_step(c, batch, jax.devices()[:1])
   c.mesh.update(data=4, fsdp=2)
-  got_params, got = one_step(c, batch, jax.devices()[:8])
+  got_params, got = kind_checks.one_step(c, batch, jax.devices()[:8])
   for key in ('loss', 'ce', 'grad_norm'):
     assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got_params,
@@ -170,12 +159,7 @@ def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
 @pytest.mark.slow
 def test_resume_equals_uninterrupted(trained, tmp_path):
   c, workdir, _ = trained
-  resumed = str(tmp_path / 'resumed')
-  shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns('60'))
-  assert train_mode.train_and_evaluate(c, resumed)['steps'] == 60
-  load = lambda d: checkpoint.restore(checkpoint.make_manager(d, 2), None, None)
-  for a, b in zip(jax.tree.leaves(load(workdir)[1:3]), jax.tree.leaves(load(resumed)[1:3])):
-    np.testing.assert_array_equal(a, b)
+  kind_checks.assert_resume_equals_uninterrupted(c, workdir, tmp_path, 60)
 
 
 def test_the_strings_task_reverses_or_sorts_in_disjoint_splits():

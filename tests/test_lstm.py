@@ -3,7 +3,6 @@ prompt exactly as the full pass does, padding leaves the state alone, and it tra
 samples and resumes through the same step, loop and sampler as the decoder."""
 import json
 import os
-import shutil
 
 import flax.linen as nn
 import jax
@@ -11,16 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kind_checks
+
 from configs import tiny
-from selffb import checkpoint
-from selffb import sharding
 from selffb.data import pipeline
 from selffb.models import lstm
 from selffb.modes import train as train_mode
 from selffb.tasks import seq
 from selffb.train import setup as setup_lib
-from selffb.train import state as state_lib
-from selffb.train import step as step_lib
 
 
 def lstm_config(data_dir, **train):
@@ -72,23 +69,15 @@ def test_padding_leaves_the_state_alone(model):
   np.testing.assert_allclose(left_out['logits'][:, 2:], want['logits'], rtol=1e-6, atol=1e-6)
 
 
-def one_step(c, batch, devices):
-  s = setup_lib.setup(c, '', devices)
-  state, state_sh = state_lib.init_state(s, jax.random.key(0))
-  p_train, _ = step_lib.compile_steps(s, state_sh)
-  state, metrics = p_train(state, sharding.put_batch(s.mesh, batch), jax.random.key(1))
-  return jax.device_get(state.params), jax.device_get(metrics)
-
-
 @pytest.mark.slow
 def test_the_sharded_step_equals_one_device(tmp_path):
   c = lstm_config(str(tmp_path / 'data'))
   s = setup_lib.setup(c, '')
   it = pipeline.make_iterator(seq.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0))
   batch = {k: v for k, v in next(it).items() if k in seq.BATCH_KEYS}
-  want_params, want = one_step(c, batch, jax.devices()[:1])
+  want_params, want = kind_checks.one_step(c, batch, jax.devices()[:1])
   c.mesh.update(data=4, fsdp=2)
-  got_params, got = one_step(c, batch, jax.devices()[:8])
+  got_params, got = kind_checks.one_step(c, batch, jax.devices()[:8])
   for key in ('loss', 'ce', 'grad_norm'):
     assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got_params,
@@ -116,10 +105,4 @@ def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
 @pytest.mark.slow
 def test_resume_equals_uninterrupted(trained, tmp_path):
   c, workdir, _ = trained
-  resumed = str(tmp_path / 'resumed')
-  shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns('60'))
-  assert sorted(os.listdir(os.path.join(resumed, 'checkpoints'))) == ['30']
-  assert train_mode.train_and_evaluate(c, resumed)['steps'] == 60
-  load = lambda d: checkpoint.restore(checkpoint.make_manager(d, 2), None, None)
-  for a, b in zip(jax.tree.leaves(load(workdir)[1:3]), jax.tree.leaves(load(resumed)[1:3])):
-    np.testing.assert_array_equal(a, b)
+  kind_checks.assert_resume_equals_uninterrupted(c, workdir, tmp_path, 60)

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kind_checks
+
 from configs import feedback_finetune
 from configs import tiny
 from selffb import errors
@@ -370,18 +372,6 @@ def test_a_fine_tune_lifts_corrections_and_held_out_preference_accuracy(tmp_path
   assert found['steps'] == 60
 
 
-def feedback_step(c, batch, devices):
-  from selffb import sharding  # pylint: disable=g-import-not-at-top
-  from selffb.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
-  from selffb.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  from selffb.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  s = setup_lib.setup(c, '', devices)
-  state, state_sh = state_lib.init_state(s, jax.random.key(0))
-  p_train, _ = step_lib.compile_steps(s, state_sh)
-  state, metrics = p_train(state, sharding.put_batch(s.mesh, batch), jax.random.key(1))
-  return jax.device_get(state.params), jax.device_get(metrics)
-
-
 @pytest.mark.slow
 def test_the_step_sharded_or_accumulated_equals_one_device(tmp_path):
   c = feedback_config(tmp_path, train_path=preference_file(tmp_path / 'train.jsonl', 64, 0),
@@ -396,18 +386,18 @@ def test_the_step_sharded_or_accumulated_equals_one_device(tmp_path):
   assert batch['pair'].sum() > 0 and batch['weight'].sum() > 0 and np.abs(batch['kto']).sum()
   c.data.seq_len = 8
   keys = ('loss', 'ce', 'dpo', 'kto', 'sft', 'pref_accuracy')
-  ref_params, ref_m = feedback_step(c, batch, jax.devices()[:1])
+  ref_params, ref_m = kind_checks.one_step(c, batch, jax.devices()[:1])
   assert float(ref_m['kto']) > 0
   c.mesh.update(data=4, fsdp=2)
   c.data.eval_batch_size = 32
-  got = {'sharded': feedback_step(c, batch, jax.devices()[:8])}
+  got = {'sharded': kind_checks.one_step(c, batch, jax.devices()[:8])}
   # KTO's reference point is the whole batch's, so accumulation is compared without it.
   c.mesh.update(data=1, fsdp=1)
   c.feedback.preference.kto_desirable = c.feedback.preference.kto_undesirable = 0.0
   c.data.feedback.label_loss = 'weighted'  # The config check refuses KTO with accumulation.
-  no_kto = feedback_step(c, batch, jax.devices()[:1])
+  no_kto = kind_checks.one_step(c, batch, jax.devices()[:1])
   c.train.grad_accum_steps = 2
-  got['accumulated'] = feedback_step(c, batch, jax.devices()[:1])
+  got['accumulated'] = kind_checks.one_step(c, batch, jax.devices()[:1])
   for name, (params, m) in got.items():
     want_params, want_m = no_kto if name == 'accumulated' else (ref_params, ref_m)
     for key in keys:

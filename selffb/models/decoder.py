@@ -152,14 +152,10 @@ class Decoder(nn.Module):
       layer_caches = cache['layers']
     x_BxTxE, new_layers = self._blocks(x_BxTxE, pos_BxT, kv_pos_BxS, layer_caches, index)
     x_BxTxE = layers.norm(cfg, 'final_norm')(x_BxTxE)
-    if cfg.tie_embeddings:
-      logits_BxTxV = layers.on_rows(embed.attend, x_BxTxE)
-    else:
-      logits_BxTxV = layers.dense(cfg, cfg.vocab_size, ('embed', 'vocab'), 'unembed',
-                                  bias=False)(x_BxTxE)
+    logits_BxTxV = layers.output_logits(cfg, embed, x_BxTxE)
     if cache is not None:
       cache = {'layers': new_layers, 'pos': kv_pos_BxS, 'index': index + tokens_BxT.shape[1]}
-    return {'hidden': x_BxTxE, 'logits': logits_BxTxV.astype(jnp.float32)}, cache
+    return {'hidden': x_BxTxE, 'logits': logits_BxTxV}, cache
 
 
 def build(cfg):

@@ -119,15 +119,11 @@ class EncDec(nn.Module):
       new_selfs.append(layer_cache)
       new_crosses.append(cross_kv)
     x_BxTxE = layers.norm(cfg, 'final_norm')(x_BxTxE)
-    if cfg.tie_embeddings:
-      logits_BxTxV = layers.on_rows(embed.attend, x_BxTxE)
-    else:
-      logits_BxTxV = layers.dense(cfg, cfg.vocab_size, ('embed', 'vocab'), 'unembed',
-                                  bias=False)(x_BxTxE)
+    logits_BxTxV = layers.output_logits(cfg, embed, x_BxTxE)
     if cache is not None:
       cache = {'layers': new_selfs, 'pos': kv_pos_BxS, 'index': index + tokens_BxT.shape[1],
                'cross': new_crosses}
-    return {'hidden': x_BxTxE, 'logits': logits_BxTxV.astype(jnp.float32)}, cache
+    return {'hidden': x_BxTxE, 'logits': logits_BxTxV}, cache
 
 
 def build(cfg):

@@ -80,3 +80,14 @@ class Mlp(nn.Module):
     else:
       h_BxTxM = nn.gelu(dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_BxTxE))
     return dense(cfg, cfg.d_model, ('mlp', 'embed'), 'down')(h_BxTxM)
+
+
+def output_logits(cfg, embed, x_BxTxE):
+  """float32 logits: through the input embedding's transpose if cfg.tie_embeddings, else
+  through an 'unembed' projection of the calling module's own."""
+  if cfg.tie_embeddings:
+    logits_BxTxV = on_rows(embed.attend, x_BxTxE)
+  else:
+    unembed = dense(cfg, cfg.vocab_size, ('embed', 'vocab'), 'unembed', bias=False)
+    logits_BxTxV = unembed(x_BxTxE)
+  return logits_BxTxV.astype(jnp.float32)

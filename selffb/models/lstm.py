@@ -108,13 +108,9 @@ class LstmLM(nn.Module):
       carry, x_BxTxE = over_time(cfg, name=f'lstm_{i}')(carries[i], (x_BxTxE, live_BxT))
       x_BxTxE = drop(x_BxTxE)
       new.append(carry)
-    if cfg.tie_embeddings:
-      logits_BxTxV = layers.on_rows(embed.attend, x_BxTxE)
-    else:
-      logits_BxTxV = layers.dense(cfg, cfg.vocab_size, ('embed', 'vocab'), 'unembed',
-                                  bias=False)(x_BxTxE)
+    logits_BxTxV = layers.output_logits(cfg, embed, x_BxTxE)
     cache = None if cache is None else {'layers': new}
-    return {'hidden': x_BxTxE, 'logits': logits_BxTxV.astype(jnp.float32)}, cache
+    return {'hidden': x_BxTxE, 'logits': logits_BxTxV}, cache
 
 
 def build(cfg):
