@@ -32,9 +32,11 @@ def encdec_config(data_dir, **train):
   return c
 
 
-@pytest.fixture(scope='module')
-def model():
-  cfg = encdec.Config.from_config(encdec_config('').model, 259)
+@pytest.fixture(scope='module', params=['rope', 'learned'])
+def model(request):
+  c = encdec_config('')
+  c.model.positions = request.param  # Learned: one position table for both sides.
+  cfg = encdec.Config.from_config(c.model, 259)
   module = encdec.build(cfg)
   params = nn.unbox(module.init(jax.random.key(1), *encdec.example_inputs(cfg, 8))['params'])
   source = jax.random.randint(jax.random.key(0), (3, 7), 3, 259).at[:, 0].set(1)

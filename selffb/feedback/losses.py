@@ -111,12 +111,14 @@ def feedback_loss(logits_BxTxV, targets_BxT, mask_BxT, *, loss='ce', weights, ga
   Returns (loss, aux) where loss = sum(((1 - a) * CE + a * arm(CE, F)) * mask) / denominator,
   a = `arm_weight` (a_t of the blend; None: the arm alone), and aux holds the unweighted `ce`,
   token `accuracy`, `mean_f`, `blend` (a; masked sums over the same denominator) and the
-  per-token `f`. The denominator defaults to sum(mask); microbatches of one batch pass the whole
-  batch's token count, so their losses and metrics add up to the batch's.
+  per-token `f`, `logp` (log p of each target) and `correct`. The denominator defaults to
+  sum(mask); microbatches of one batch pass the whole batch's token count, so their losses and
+  metrics add up to the batch's.
   """
   check_loss_name(loss)
   mask_BxT = mask_BxT.astype(jnp.float32)
-  ce_BxT = -signals.target_logprob(logits_BxTxV, targets_BxT)
+  logp_BxT = signals.target_logprob(logits_BxTxV, targets_BxT)
+  ce_BxT = -logp_BxT
   f_BxT = compute_feedback(logits_BxTxV, targets_BxT, weights, batch_scores)
   per_token_BxT = LOSS_ARMS[loss](ce_BxT, f_BxT, gamma)
   if arm_weight is not None:  # None leaves the CE term out of the graph.
@@ -127,5 +129,5 @@ def feedback_loss(logits_BxTxV, targets_BxT, mask_BxT, *, loss='ce', weights, ga
   # a's share of this (micro)batch's tokens, so microbatches' values add up to a.
   blend = (1.0 if arm_weight is None else arm_weight) * jnp.sum(mask_BxT) / count
   aux = {'ce': mean(ce_BxT), 'accuracy': mean(correct_BxT), 'mean_f': mean(f_BxT),
-         'blend': blend, 'f': f_BxT}
+         'blend': blend, 'f': f_BxT, 'logp': logp_BxT, 'correct': correct_BxT}
   return mean(per_token_BxT), aux

@@ -82,11 +82,12 @@ class EncDec(nn.Module):
   cfg: Config
 
   def _embed(self, embed, tokens, pos):
+    """Token embeddings (+ the learned position table both sides share, `embed[1]`), dropped
+    out; `embed` is (token table, position table or None)."""
     cfg = self.cfg
-    x = embed(tokens)
-    if cfg.positions == 'learned':
-      x = x + layers.embed(cfg, cfg.max_len, (None, 'embed'), 'pos_embed')(
-          jnp.clip(pos, 0, cfg.max_len - 1))
+    x = embed[0](tokens)
+    if embed[1] is not None:
+      x = x + embed[1](jnp.clip(pos, 0, cfg.max_len - 1))
     return nn.Dropout(cfg.dropout, deterministic=cfg.deterministic)(x)
 
   def _encode(self, embed, source_BxS, src_pos_BxS):
@@ -101,11 +102,13 @@ class EncDec(nn.Module):
     arange = lambda x: jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape)
     pos_BxT = arange(tokens_BxT) if pos_BxT is None else pos_BxT
     embed = layers.embed(cfg, cfg.vocab_size, ('vocab', 'embed'), 'embed')
+    tables = (embed, layers.embed(cfg, cfg.max_len, (None, 'embed'), 'pos_embed')
+              if cfg.positions == 'learned' else None)  # One of each: both sides read them.
     memory = None
     if source_BxS is not None:
-      memory = self._encode(embed, source_BxS,
+      memory = self._encode(tables, source_BxS,
                             arange(source_BxS) if src_pos_BxS is None else src_pos_BxS)
-    x_BxTxE = self._embed(embed, tokens_BxT, pos_BxT)
+    x_BxTxE = self._embed(tables, tokens_BxT, pos_BxT)
     index, kv_pos_BxS, selfs, crosses = None, pos_BxT, [None] * cfg.num_layers, [None] * (
         cfg.num_layers)
     if cache is not None:

@@ -31,7 +31,6 @@ from selffb.data import pipeline
 from selffb.feedback import losses
 from selffb.feedback import preference
 from selffb.feedback import records
-from selffb.feedback import signals
 from selffb.tasks import feedback_report
 from selffb.tasks import seq
 
@@ -227,9 +226,9 @@ def loss_fn(outputs, batch, denominator, step, *, fb):
       logits, targets, mask * batch['weight'][:, None], loss=fb.loss, weights=dict(fb.weights),
       gamma=fb.gamma, batch_scores={'rating': batch['rating']}, denominator=denominator['sft'],
       arm_weight=fb.arm_weight(step))
-  logp_BxT = signals.target_logprob(logits, targets)
+  logp_BxT = aux['logp']  # Per token, unweighted: one log-softmax for every term.
   tokens = jnp.maximum(denominator['tokens'], 1)
-  correct = (jnp.argmax(logits, -1) == targets) * mask
+  correct = aux['correct'] * mask
   seq_B = jnp.sum(logp_BxT * mask, axis=-1)
   pol, ref = seq_B.reshape(-1, 2), batch['ref_logp'].reshape(-1, 2)
   pair_U, pairs = batch['pair'][0::2], jnp.maximum(denominator['pairs'], 1)
