@@ -64,7 +64,7 @@ def jax_ops():
   block = decoder.Block(cfg)
   xs, pos = normal(B, T, E), jnp.broadcast_to(jnp.arange(T), (B, T))
   block_params = block.init(next(keys), xs, pos, pos, None, None)
-  attention = lambda q, k, v: attention_lib.causal_attention(q, k, v, valid,
+  attention = lambda q, k, v: attention_lib.causal_attention(q, k, v, valid, None,
                                                             cfg.attention_block)
   block_fwd = lambda p, x: block.apply(p, x, pos, pos, None, None)[0]
 

@@ -103,7 +103,7 @@ def selffb_timer(c, phases=False):
   task = tasks.get(c.data.task)
   s = setup_lib.Setup(config=c, model=models.get(c.model.kind),
                       model_cfg=common.reference_model_config(c),
-                      task=task, tokenizer=tokenizers.get(c.data.tokenizer),
+                      task=task, tokenizer=tokenizers.get(c.data),
                       fmt=task.batch_format(c), splits={}, seq_len=t,
                       mesh=sharding.make_mesh(c.mesh, jax.devices()[:1]),
                       tx=optim.make_optimizer(c.optim, c.train.num_steps),

@@ -36,8 +36,10 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict()
   c.data.task = 'addition'  # Task (selffb/tasks): addition, text, strings, pairs (tfds), feedback.
-  c.data.tokenizer = 'byte'  # selffb/data/tokenizers.py: 'byte' (256 bytes + 3 specials).
-  c.data.data_dir = ''  # Where ArrayRecord datasets (task 'text') go; '' means <workdir>/data.
+  c.data.tokenizer = 'byte'  # 'byte' (256 bytes + 3 specials) or 'sentencepiece' (see below).
+  c.data.tfds_name = ''  # task='text': a prepared tfds dataset by name (e.g. 'lm1b', 'wiki40b/en').
+  c.data.data_dir = ''  # tfds_name's data dir ('' = tfds's); else data written ('' <workdir>/data).
+  c.data.workers = 0  # task='text': worker processes making batches (grain mp_prefetch); 0: none.
   c.data.batch_size = 128  # Global training batch, in sequences.
   c.data.eval_batch_size = 500  # Sequences per evaluation batch.
   c.data.seq_len = 0  # Train seq length (tokens); 0: the task's longest train example.
@@ -51,8 +53,24 @@ def get_config(arg=None):
   c.data.addition.format = 'aligned'  # 'plain' (answer+eos) or 'aligned' (zero-padded, fixed len).
   c.data.addition.position_shift = 2  # Training adds a random 0..shift to position ids above 0.
   c.data.text = ml_collections.ConfigDict()
-  c.data.text.paths = ''  # Comma-separated file paths or globs of UTF-8 text, for task='text'.
-  c.data.text.validation_fraction = 0.05  # Share of the text chunks held out for validation.
+  c.data.text.paths = ''  # task='text' w/o tfds_name: comma-separated UTF-8 files/globs.
+  c.data.text.validation_fraction = 0.05  # Local files: each file's last share is validation text.
+  c.data.text.feature = ''  # tfds_name's text feature; '' = the dataset's known one, else 'text'.
+  c.data.text.train_split = 'train'  # tfds split syntax, e.g. 'train[:95%]'.
+  c.data.text.validation_split = ''  # tfds split; '' = 'validation'.
+  c.data.text.prepare = True  # Prepare an unprepared tfds_name (needs network) as ArrayRecord.
+  c.data.text.encoding_errors = 'error'  # Bad UTF-8: 'error' (stop, name it) or 'replace' (U+FFFD).
+  c.data.text.long_docs = 'split'  # Docs over seq_len+1 tokens: 'split', 'truncate' or 'drop'.
+  c.data.text.pack = True  # Several docs a row (segment ids, per-doc positions); False: 1 a row.
+  c.data.text.shuffle_window = 256  # Rows shuffled within windows this long (pieces of long docs).
+  c.data.text.eval_sequences = 256  # Validation rows (from the start of the split) per evaluation.
+  c.data.sentencepiece = ml_collections.ConfigDict()  # data.tokenizer='sentencepiece'.
+  c.data.sentencepiece.model = ''  # A .model file (pad 0, bos 1, eos 2, unk 3); '' trains one.
+  c.data.sentencepiece.vocab_size = 1024  # Pieces of a trained model (its cache key with the rest).
+  c.data.sentencepiece.model_type = 'unigram'  # 'unigram' or 'bpe'.
+  c.data.sentencepiece.character_coverage = 0.9995  # Share of characters covered (1.0: all).
+  c.data.sentencepiece.max_sentences = 200_000  # Cap on training lines (sampled by documents).
+  c.data.sentencepiece.byte_fallback = True  # Unknown characters as UTF-8 byte pieces (no unk).
   c.data.strings = ml_collections.ConfigDict()  # task='strings': reverse or sort (seq2seq).
   c.data.strings.op = 'reverse'  # 'reverse' or 'sort' the prompt's string.
   c.data.strings.alphabet = 'abcdefghij'  # The strings' symbols.

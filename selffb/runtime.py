@@ -65,11 +65,16 @@ def write_text(path, text):
   """Process 0 writes path atomically (a temporary file renamed over it). The temporary file is
   the writer's own, so processes that write the same report at once (a sweep's jobs) never
   rename each other's half-written file."""
+  write_bytes(path, text.encode('utf-8'))
+
+
+def write_bytes(path, data):
+  """write_text for bytes."""
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f'{path}.{socket.gethostname()}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-      f.write(text)
+    with open(tmp, 'wb') as f:
+      f.write(data)
     os.replace(tmp, path)
 
 

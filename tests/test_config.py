@@ -36,7 +36,9 @@ def test_tiny_changes_only_declared_keys():
     if f.endswith('.py') and f != '__init__.py'))
 def test_every_config_declares_only_default_keys_and_validates(name):
   c = importlib.import_module(f'configs.{name}').get_config()
-  assert flat_keys(c) == flat_keys(default.get_config())
+  # config.evals names its own entries (an evaluator's keys are its own).
+  declared = lambda keys: {k for k in keys if not k.startswith('evals.')}
+  assert declared(flat_keys(c)) == declared(flat_keys(default.get_config()))
   assert checks.problems(c, 1) == []
 
 
@@ -46,7 +48,8 @@ CHECKED_ELSEWHERE = ('mesh.data', 'mesh.fsdp', 'mesh.tensor', 'model.attention_b
                      'sample.max_new_tokens', 'feedback.weights.', 'selftrain.weights.',
                      'data.addition.', 'data.feedback.correction_weight',
                      'data.feedback.original_weight', 'data.feedback.pair_sft_weight',
-                     'feedback.preference.', 'data.strings.', 'data.pairs.')
+                     'feedback.preference.', 'data.strings.', 'data.pairs.',
+                     'data.sentencepiece.vocab_size', 'data.sentencepiece.character_coverage')
 
 
 def test_every_numeric_key_has_a_checked_range():

@@ -8,7 +8,6 @@ from selffb.data import pipeline
 from selffb.data import tokenizers
 from selffb.tasks import addition
 from selffb.tasks import addition_problems
-from selffb.tasks import lm
 from selffb.tasks import seq
 
 TOK = tokenizers.ByteTokenizer()
@@ -123,41 +122,3 @@ def test_hosts_split_each_global_batch(tiny_splits):
   np.testing.assert_array_equal(np.concatenate([p['inputs'] for p in parts]), full['inputs'])
   with pytest.raises(ValueError, match='not divisible'):
     seq.train_dataset(splits['train'], TOK, 13, 15, seed=0, process_count=2)
-
-
-def text_config(tmp_path, paths):
-  c = tiny.get_config()
-  c.data.task, c.data.data_dir, c.data.seq_len = 'text', str(tmp_path / 'data'), 16
-  c.data.text.paths = paths
-  return c
-
-
-def load_text(c):
-  return lm.load_splits(c, c.data.data_dir)
-
-
-def test_text_files_become_chunks(tmp_path):
-  (tmp_path / 'a.txt').write_text('héllo world, ' * 20)
-  splits = load_text(text_config(tmp_path, str(tmp_path / '*.txt')))
-  records = list(pipeline.read_all(splits['train'])) + list(pipeline.read_all(splits['validation']))
-  assert ''.join(sorted(r['answer'].decode() for r in records))  # All valid UTF-8.
-  assert all(len(r['answer']) <= 15 and r['prompt'] == b'' for r in records)
-  assert sum(len(r['answer'].decode()) for r in records) == len('héllo world, ' * 20)
-  batch = seq.encode_batch(records[:2], TOK, 16)
-  assert batch['loss_mask'][0, 0] == 1  # Loss on every token of text.
-
-
-@pytest.mark.parametrize('content, message', [
-    (b'', 'is empty'),
-    (b'\xff\xfe bad bytes', 'is not UTF-8'),
-])
-def test_bad_text_file(tmp_path, content, message):
-  (tmp_path / 'bad.txt').write_bytes(content)
-  with pytest.raises(ValueError, match=message):
-    load_text(text_config(tmp_path, str(tmp_path / 'bad.txt')))
-  assert not (tmp_path / 'data').exists()  # Nothing written before the check.
-
-
-def test_text_paths_that_match_nothing(tmp_path):
-  with pytest.raises(ValueError, match='matches no file'):
-    load_text(text_config(tmp_path, str(tmp_path / 'nope*.txt')))

@@ -146,19 +146,22 @@ def test_model_gradients_equal_autodiff_attention(overrides, monkeypatch):
     assert 0 < error(got) <= 1.5 * error(want) < 0.1, (error(got), error(want))
 
 
-@pytest.mark.parametrize('block, dtype', [
-    pytest.param(0, jnp.float32, marks=SLOW), pytest.param(4, jnp.float32, marks=SLOW),
-    (5, jnp.float32), (5, jnp.bfloat16)])
-def test_causal_attention_backward_equals_autodiff(block, dtype):
+@pytest.mark.parametrize('block, dtype, packed', [
+    pytest.param(0, jnp.float32, False, marks=SLOW), pytest.param(4, jnp.float32, False,
+                                                                  marks=SLOW),
+    (5, jnp.float32, False), (5, jnp.bfloat16, False), (5, jnp.float32, True)])
+def test_causal_attention_backward_equals_autodiff(block, dtype, packed):
   """The hand-written backward of causal_attention gives JAX's gradients of the same forward,
-  padding queries (a row with no valid key) and a short last block included."""
+  padding queries (a row with no valid key), a short last block and packed rows' segments
+  included."""
   b, h, t, d = 2, 3, 12, 8
   q, k, v, dout = (jax.random.normal(key, (b, h, t, d), dtype)
                    for key in jax.random.split(jax.random.key(0), 4))
   valid = jnp.ones((b, t), bool).at[1, :3].set(False)
-  out, vjp = jax.vjp(lambda *qkv: attention.causal_attention(*qkv, valid, block), q, k, v)
+  seg = jnp.asarray([[1] * 4 + [2] * 6 + [0] * 2, [0] * 3 + [1] * 7 + [2] * 2]) if packed else None
+  out, vjp = jax.vjp(lambda *qkv: attention.causal_attention(*qkv, valid, seg, block), q, k, v)
   want_out, want_vjp = jax.vjp(
-      lambda *qkv: attention._causal_attention_fwd(*qkv, valid, block)[0], q, k, v)
+      lambda *qkv: attention._causal_attention_fwd(*qkv, valid, seg, block)[0], q, k, v)
   tol = 1e-5 if dtype == jnp.float32 else 2e-2
   np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want_out, np.float32),
                              rtol=tol, atol=tol)

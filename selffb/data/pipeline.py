@@ -77,5 +77,9 @@ def train_dataset(source, encode, batch_size, seed, process_index=0, process_cou
 
 
 def make_iterator(dataset, prefetch=8):
+  """A checkpointable iterator over a task's training dataset (a grain MapDataset read ahead by
+  a thread, or an IterDataset, which reads ahead itself)."""
+  if isinstance(dataset, grain.IterDataset):
+    return iter(dataset)
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1,
                                                          prefetch_buffer_size=prefetch)))

@@ -1,16 +1,37 @@
 """Tokenizers by name (`config.data.tokenizer`). A tokenizer owns its vocabulary size and its
-special ids (pad, bos, eos); the model's vocabulary is read from it, never configured twice."""
+special ids (pad, bos, eos); the model's vocabulary is read from it, never configured twice.
+
+'byte': UTF-8 bytes. 'sentencepiece' (`config.data.sentencepiece`): a given `.model` file, or one
+trained on the training split's text and cached under the data dir, keyed by its settings and
+the text it was trained on, so a rerun reuses it and any change trains a new one.
+"""
+import hashlib
+import io
+import json
+import os
+
+from absl import logging
 import numpy as np
+
+from selffb import errors
+from selffb import runtime
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3  # Special ids, the same in every tokenizer here.
+MODEL_TYPES = ('unigram', 'bpe')
 
 
 class ByteTokenizer:
   """UTF-8 bytes shifted past three specials: pad 0, bos 1, eos 2."""
-  pad_id, bos_id, eos_id, offset = 0, 1, 2, 3
+  pad_id, bos_id, eos_id, offset = PAD, BOS, EOS, 3
   vocab_size = 256 + 3
+  name = 'byte'
 
   def encode(self, text):
     raw = text.encode('utf-8') if isinstance(text, str) else bytes(text)
     return np.frombuffer(raw, np.uint8).astype(np.int32) + self.offset
+
+  def encode_many(self, texts):
+    return [self.encode(t) for t in texts]
 
   def encode_prompt(self, text):
     """bos + the text: what a model is given to continue."""
@@ -24,11 +45,164 @@ class ByteTokenizer:
     return bytes(i - self.offset for i in ids if i >= self.offset).decode('utf-8', 'replace')
 
 
-TOKENIZERS = {'byte': ByteTokenizer}
+class SentencePieceTokenizer:
+  """A SentencePiece model (`proto`, its serialized bytes) with pad 0, bos 1, eos 2, unk 3 (as
+  `train` writes it; a given model must have the same specials)."""
+  pad_id, bos_id, eos_id = PAD, BOS, EOS
+
+  def __init__(self, model_proto, path=''):
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.proto, self.path, self.name = model_proto, path, 'sentencepiece'
+    self.vocab_size = self.sp.get_piece_size()
+    ids = (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id())
+    if ids != (PAD, BOS, EOS):
+      raise errors.InputError(
+          f'SentencePiece model {path or "(given)"} has pad/bos/eos ids {ids}; selffb needs '
+          f'{(PAD, BOS, EOS)}: train it with --pad_id=0 --bos_id=1 --eos_id=2 --unk_id=3, or '
+          'leave config.data.sentencepiece.model empty to train one on the training split.')
+
+  @staticmethod
+  def _text(text):
+    return text if isinstance(text, str) else bytes(text).decode('utf-8', 'replace')
+
+  def encode(self, text):
+    return np.asarray(self.sp.encode(self._text(text)), np.int32)
+
+  def encode_many(self, texts):
+    return [np.asarray(ids, np.int32) for ids in self.sp.encode([self._text(t) for t in texts])]
+
+  def encode_prompt(self, text):
+    return np.concatenate([[self.bos_id], self.encode(text)]).astype(np.int32)
+
+  def decode(self, ids):
+    """Pieces up to the first eos, specials dropped, as text."""
+    ids = np.asarray(ids).tolist()
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    return self.sp.decode([i for i in ids if i > EOS])
 
 
-def get(name):
-  """The tokenizer `config.data.tokenizer` names."""
-  if name not in TOKENIZERS:
-    raise ValueError(f'config.data.tokenizer={name!r}; choose one of {tuple(TOKENIZERS)}.')
-  return TOKENIZERS[name]()
+TOKENIZERS = ('byte', 'sentencepiece')
+
+
+def problems(d):
+  """Problems of config.data's tokenizer settings (`d` is config.data)."""
+  if d.tokenizer not in TOKENIZERS:
+    return [f'config.data.tokenizer={d.tokenizer!r}; choose one of {TOKENIZERS}.']
+  if d.tokenizer != 'sentencepiece':
+    return []
+  s, found = d.sentencepiece, []
+  if s.model:
+    if not os.path.isfile(s.model):
+      found.append(f'config.data.sentencepiece.model={s.model!r} does not exist; give a .model '
+                   "file, or '' to train one on the training split.")
+    return found
+  if s.model_type not in MODEL_TYPES:
+    found.append(f'config.data.sentencepiece.model_type={s.model_type!r}; choose one of '
+                 f'{MODEL_TYPES}.')
+  low = 4 + 1 + (256 if s.byte_fallback else 0)
+  if s.vocab_size < low:
+    found.append(f'config.data.sentencepiece.vocab_size={s.vocab_size} is below {low} (4 '
+                 'specials, the newline piece' + (' and 256 byte pieces of byte_fallback'
+                                                 if s.byte_fallback else '') + ').')
+  if not 0.9 <= s.character_coverage <= 1.0:
+    found.append(f'config.data.sentencepiece.character_coverage={s.character_coverage}; use '
+                 '0.9 to 1.0 (0.9995 for Latin text, 1.0 for small alphabets).')
+  return found
+
+
+def vocab_size(d):
+  """The vocabulary of config.data's tokenizer, known before any data is read (a given
+  SentencePiece model is opened; a trained one will have config.data.sentencepiece.vocab_size)."""
+  found = problems(d)
+  if found:
+    raise ValueError(found[0])
+  if d.tokenizer == 'byte':
+    return ByteTokenizer.vocab_size
+  if d.sentencepiece.model:
+    return load(d.sentencepiece.model).vocab_size
+  return d.sentencepiece.vocab_size
+
+
+def load(path):
+  with open(path, 'rb') as f:
+    return SentencePieceTokenizer(f.read(), path)
+
+
+def _train_settings(s):
+  return {'vocab_size': s.vocab_size, 'model_type': s.model_type,
+          'character_coverage': s.character_coverage, 'max_sentences': s.max_sentences,
+          'byte_fallback': s.byte_fallback}
+
+
+def train(texts, settings, path):
+  """Trains a SentencePiece model on `texts` (documents; each line a sentence) and writes it to
+  `path` atomically."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  lines = (line for text in texts for line in text.split('\n') if line.strip())
+  proto = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines, model_writer=proto, vocab_size=settings['vocab_size'],
+        model_type=settings['model_type'], character_coverage=settings['character_coverage'],
+        input_sentence_size=settings['max_sentences'], shuffle_input_sentence=True,
+        pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK, user_defined_symbols=['\n'],
+        byte_fallback=settings['byte_fallback'], normalization_rule_name='identity',
+        remove_extra_whitespaces=False, max_sentence_length=1 << 16, minloglevel=2,
+        num_threads=os.cpu_count() or 1)
+  except RuntimeError as e:  # e.g. "Vocabulary size is too high" for a small corpus.
+    raise errors.InputError(
+        f'SentencePiece training failed: {e}. Lower config.data.sentencepiece.vocab_size or '
+        'give more text.') from None
+  runtime.write_bytes(path, proto.getvalue())
+  return proto.getvalue()
+
+
+def get(d, texts=None, fingerprint='', cache_dir=''):
+  """The tokenizer config.data (`d`) names. A SentencePiece model to train is trained on
+  `texts()` (an iterable of training documents, called only when the cache misses) and cached
+  in `cache_dir`/sentencepiece under a hash of its settings and `fingerprint` (what names the
+  text: dataset and split, or files with their sizes and times)."""
+  found = problems(d)
+  if found:
+    raise ValueError(found[0])
+  if d.tokenizer == 'byte':
+    return ByteTokenizer()
+  if d.sentencepiece.model:
+    return load(d.sentencepiece.model)
+  if texts is None:
+    raise errors.InputError(f"config.data.task={d.task!r} cannot train a SentencePiece model "
+                            '(it has no training text); give config.data.sentencepiece.model.')
+  settings = _train_settings(d.sentencepiece)
+  key = hashlib.sha256((json.dumps(settings, sort_keys=True) + fingerprint).encode())
+  path = os.path.join(cache_dir, 'sentencepiece', f'sp_{key.hexdigest()[:16]}.model')
+  if os.path.isfile(path):
+    logging.info('SentencePiece model reused from %s', path)
+    return load(path)
+  logging.info('training a %d-piece %s SentencePiece model on the training split -> %s',
+               settings['vocab_size'], settings['model_type'], path)
+  return SentencePieceTokenizer(train(texts(), settings, path), path)
+
+
+RUN_FILE = 'tokenizer.model'  # A run's copy of its SentencePiece model, in its workdir.
+
+
+def check_run_copy(tokenizer, workdir, resuming):
+  """Keeps a copy of a SentencePiece model in the run's workdir: a resumed run must use the
+  model its checkpoint was trained with (raises InputError naming both files otherwise)."""
+  if not isinstance(tokenizer, SentencePieceTokenizer):
+    return
+  path = os.path.join(workdir, RUN_FILE)
+  if resuming and os.path.isfile(path):
+    with open(path, 'rb') as f:
+      saved = f.read()
+    if saved != tokenizer.proto:
+      raise errors.InputError(
+          f'the checkpoint in {workdir} was trained with the SentencePiece model saved as {path} '
+          f'({SentencePieceTokenizer(saved, path).vocab_size} pieces), not with '
+          f'{tokenizer.path or "this one"} ({tokenizer.vocab_size} pieces): its embeddings '
+          f'belong to the other vocabulary. Set config.data.sentencepiece.model={path} to '
+          'resume, or use a new --workdir.')
+    return
+  runtime.write_bytes(path, tokenizer.proto)

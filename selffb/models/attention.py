@@ -4,7 +4,8 @@ self-attention, a decoder's cross-attention).
 
 Every token carries an integer position id; id -1 marks padding, never attended to. Causality
 follows the sequence (the cache slot), not the ids, so ids may restart, e.g. per operand: a
-query in slot i sees the non-padding keys in slots <= i.
+query in slot i sees the non-padding keys in slots <= i. Packed rows (several documents in one
+row) also carry segment ids: a query then sees only keys of its own segment.
 """
 import functools
 
@@ -17,10 +18,14 @@ from selffb.models import layers
 _NEG_INF = -1e30  # Finite, so a fully masked row (a padding query) stays NaN-free.
 
 
-def _mask(valid_BxS, q_slot_T):
-  """[B, 1, T, S]: the query in slot q_slot_T[t] sees the valid keys in slots up to its own."""
+def _mask(valid_BxS, q_slot_T, seg_BxS=None):
+  """[B, 1, T, S]: the query in slot q_slot_T[t] sees the valid keys in slots up to its own and,
+  with segment ids (one per slot), only those of its own segment."""
   causal_TxS = jnp.arange(valid_BxS.shape[1])[None, :] <= q_slot_T[:, None]
-  return (causal_TxS[None] & valid_BxS[:, None, :])[:, None]
+  mask_BxTxS = causal_TxS[None] & valid_BxS[:, None, :]
+  if seg_BxS is not None:
+    mask_BxTxS &= seg_BxS[:, q_slot_T][:, :, None] == seg_BxS[:, None, :]
+  return mask_BxTxS[:, None]
 
 
 def _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS):
@@ -39,18 +44,21 @@ def _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS):
   return (out_BxHxTxD / sums_BxHxTx1).astype(q_BxHxTxD.dtype), weights_BxHxTxS, sums_BxHxTx1
 
 
-def _query_blocks(valid_BxT, block):
+def _query_blocks(valid_BxT, seg_BxT, block):
   """(start, end, mask_Bx1xTxS) of each query block (block 0: one block); a block's queries see
   keys 0..end-1."""
   t = valid_BxT.shape[1]
   bounds = [(i, min(i + (block or t), t)) for i in range(0, t, block or t)]
-  return [(start, end, _mask(valid_BxT[:, :end], jnp.arange(start, end))) for start, end in bounds]
+  return [(start, end, _mask(valid_BxT[:, :end], jnp.arange(start, end),
+                             None if seg_BxT is None else seg_BxT[:, :end]))
+          for start, end in bounds]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def causal_attention(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def causal_attention(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, seg_BxT, block):
   """Softmax attention of a sequence over itself (no cache): the query in slot t sees the keys in
-  slots <= t whose `valid_BxT` is True. Queries go in blocks of `block` (0: one block) that
+  slots <= t whose `valid_BxT` is True and, unless `seg_BxT` is None, whose segment id is its
+  own. Queries go in blocks of `block` (0: one block) that
   skip the keys after them, so the score blocks above the diagonal are never computed.
 
   The backward pass is written by hand from the saved weights, dS = P * (dP - rowsum(dO * O)),
@@ -58,27 +66,27 @@ def causal_attention(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block):
   faster on CPU (bench/README.md). It gives autodiff's gradients, padding queries included.
   Forward-mode autodiff (jax.jvp, jacfwd) does not apply to it (`attention='dot_product'` allows
   it); gradients of gradients do."""
-  return _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block)[0]
+  return _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, seg_BxT, block)[0]
 
 
-def _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, block):
+def _causal_attention_fwd(q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, seg_BxT, block):
   """The output, and what the backward pass needs: the inputs, the output and each block's
   unnormalised weights and row sums."""
   outs, saved = [], []
-  for start, end, mask_Bx1xTxS in _query_blocks(valid_BxT, block):
+  for start, end, mask_Bx1xTxS in _query_blocks(valid_BxT, seg_BxT, block):
     out_BxHxTxD, weights_BxHxTxS, sums_BxHxTx1 = _attend(
         q_BxHxTxD[:, :, start:end], k_BxHxTxD[:, :, :end], v_BxHxTxD[:, :, :end], mask_Bx1xTxS)
     outs.append(out_BxHxTxD)
     saved.append((weights_BxHxTxS, sums_BxHxTx1))
   out_BxHxTxD = jnp.concatenate(outs, axis=2)
-  return out_BxHxTxD, (q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, out_BxHxTxD, saved)
+  return out_BxHxTxD, (q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, seg_BxT, out_BxHxTxD, saved)
 
 
 def _causal_attention_bwd(block, residuals, dout_BxHxTxD):
   """dQ, dK, dV (and no cotangent for the boolean mask) block by block: with P = W / sums,
   dP = dO V^T, dS = P * (dP - rowsum(dO * O)) / sqrt(D) on the visible keys (0 elsewhere),
   dQ = dS K, dK = dS^T Q and dV = P^T dO."""
-  q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, out_BxHxTxD, saved = residuals
+  q_BxHxTxD, k_BxHxTxD, v_BxHxTxD, valid_BxT, seg_BxT, out_BxHxTxD, saved = residuals
   scale = q_BxHxTxD.shape[-1] ** -0.5
   einsum_f32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
   rowdot_BxHxTx1 = jnp.sum(dout_BxHxTxD.astype(jnp.float32) * out_BxHxTxD.astype(jnp.float32),
@@ -87,7 +95,7 @@ def _causal_attention_bwd(block, residuals, dout_BxHxTxD):
   dk_BxHxTxD = jnp.zeros(k_BxHxTxD.shape, jnp.float32)
   dv_BxHxTxD = jnp.zeros(v_BxHxTxD.shape, jnp.float32)
   for (start, end, mask_Bx1xTxS), (weights_BxHxTxS, sums_BxHxTx1) in zip(
-      _query_blocks(valid_BxT, block), saved):
+      _query_blocks(valid_BxT, seg_BxT, block), saved):
     dblock_BxHxTxD = dout_BxHxTxD[:, :, start:end]
     dprobs_BxHxTxS = einsum_f32('bhtd,bhsd->bhts', dblock_BxHxTxD, v_BxHxTxD[:, :, :end])
     dscores_BxHxTxS = jnp.where(
@@ -104,7 +112,7 @@ def _causal_attention_bwd(block, residuals, dout_BxHxTxD):
         (dblock_BxHxTxD / sums_BxHxTx1).astype(v_BxHxTxD.dtype)))
   dq_BxHxTxD = jnp.concatenate(dqs, axis=2)
   return (dq_BxHxTxD.astype(q_BxHxTxD.dtype), dk_BxHxTxD.astype(k_BxHxTxD.dtype),
-          dv_BxHxTxD.astype(v_BxHxTxD.dtype), None)
+          dv_BxHxTxD.astype(v_BxHxTxD.dtype), None, None)
 
 
 causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
@@ -112,11 +120,12 @@ causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention; with `layer_cache` it writes its keys and values at
-  `index` and attends over the cache."""
+  `index` and attends over the cache. `seg_BxT` (packed rows, no cache) keeps each query in its
+  own segment."""
   cfg: object
 
   @nn.compact
-  def __call__(self, x_BxTxE, pos_BxT, kv_pos_BxS, layer_cache, index):
+  def __call__(self, x_BxTxE, pos_BxT, kv_pos_BxS, layer_cache, index, seg_BxT=None):
     cfg = self.cfg
     heads = (cfg.num_heads, cfg.head_dim)
     q_BxTxHxD = layers.dense(cfg, heads, ('embed', 'heads', 'head_dim'), 'query')(x_BxTxE)
@@ -138,11 +147,11 @@ class CausalSelfAttention(nn.Module):
       layer_cache = {'k': k_BxHxSxD, 'v': v_BxHxSxD}
     if cfg.attention == 'einsum' and layer_cache is None:
       out_BxHxTxD = causal_attention(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, kv_pos_BxS >= 0,
-                                     cfg.attention_block)
+                                     seg_BxT, cfg.attention_block)
       out_BxTxHxD = jnp.swapaxes(out_BxHxTxD, 1, 2)
     else:
       q_slot_T = jnp.arange(q_BxHxTxD.shape[2]) + (0 if index is None else index)
-      mask_Bx1xTxS = _mask(kv_pos_BxS >= 0, q_slot_T)
+      mask_Bx1xTxS = _mask(kv_pos_BxS >= 0, q_slot_T, seg_BxT)
       if cfg.attention == 'dot_product':  # jax.nn's: cuDNN flash attention where available.
         out_BxTxHxD = jax.nn.dot_product_attention(
             q_BxTxHxD, jnp.swapaxes(k_BxHxSxD, 1, 2), jnp.swapaxes(v_BxHxSxD, 1, 2),

@@ -101,41 +101,46 @@ class Block(nn.Module):
   cfg: Config
 
   @nn.compact
-  def __call__(self, x_BxTxE, pos_BxT, kv_pos_BxS, layer_cache, index):
+  def __call__(self, x_BxTxE, pos_BxT, kv_pos_BxS, layer_cache, index, seg_BxT=None):
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout, deterministic=cfg.deterministic)
     h_BxTxE, layer_cache = attention.CausalSelfAttention(cfg, name='attn')(
-        layers.norm(cfg, 'attn_norm')(x_BxTxE), pos_BxT, kv_pos_BxS, layer_cache, index)
+        layers.norm(cfg, 'attn_norm')(x_BxTxE), pos_BxT, kv_pos_BxS, layer_cache, index, seg_BxT)
     x_BxTxE = x_BxTxE + drop(h_BxTxE)
     x_BxTxE = x_BxTxE + drop(layers.Mlp(cfg, name='mlp')(layers.norm(cfg, 'mlp_norm')(x_BxTxE)))
     return x_BxTxE, layer_cache
 
 
 class Decoder(nn.Module):
-  """`(tokens_BxT, pos_BxT=None, cache=None) -> ({'hidden': BxTxE, 'logits': BxTxV float32},
-  cache)`."""
+  """`(tokens_BxT, pos_BxT=None, cache=None, seg_BxT=None) -> ({'hidden': BxTxE, 'logits':
+  BxTxV float32}, cache)`. `seg_BxT`, the segment ids of packed rows (no cache), keeps each
+  token's attention inside its own document."""
   cfg: Config
 
-  def _blocks(self, x_BxTxE, pos_BxT, kv_pos_BxS, layer_caches, index):
+  def _blocks(self, x_BxTxE, pos_BxT, kv_pos_BxS, layer_caches, index, seg_BxT):
     cfg = self.cfg
     block = Block if cfg.remat == 'none' else nn.remat(Block,
                                                        policy=layers.REMAT_POLICIES[cfg.remat])
     if cfg.scan_layers:  # One compiled block, its parameters stacked on a 'layers' axis.
       blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                       'dropout': True},
-                       in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                       in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      return blocks(cfg, name='blocks')(x_BxTxE, pos_BxT, kv_pos_BxS, layer_caches, index)
+      return blocks(cfg, name='blocks')(x_BxTxE, pos_BxT, kv_pos_BxS, layer_caches, index,
+                                        seg_BxT)
     new_layers = []
     for i in range(cfg.num_layers):
       x_BxTxE, layer_cache = block(cfg, name=f'block_{i}')(
-          x_BxTxE, pos_BxT, kv_pos_BxS, None if layer_caches is None else layer_caches[i], index)
+          x_BxTxE, pos_BxT, kv_pos_BxS, None if layer_caches is None else layer_caches[i], index,
+          seg_BxT)
       new_layers.append(layer_cache)
     return x_BxTxE, new_layers
 
   @nn.compact
-  def __call__(self, tokens_BxT, pos_BxT=None, cache=None):
+  def __call__(self, tokens_BxT, pos_BxT=None, cache=None, seg_BxT=None):
     cfg = self.cfg
+    if cache is not None and seg_BxT is not None:
+      raise ValueError('segment ids are for packed training rows, not for decoding.')
     if pos_BxT is None:
       pos_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     embed = layers.embed(cfg, cfg.vocab_size, ('vocab', 'embed'), 'embed')
@@ -150,12 +155,16 @@ class Decoder(nn.Module):
       index = cache['index']
       kv_pos_BxS = jax.lax.dynamic_update_slice(cache['pos'], pos_BxT, (0, index))
       layer_caches = cache['layers']
-    x_BxTxE, new_layers = self._blocks(x_BxTxE, pos_BxT, kv_pos_BxS, layer_caches, index)
+    x_BxTxE, new_layers = self._blocks(x_BxTxE, pos_BxT, kv_pos_BxS, layer_caches, index,
+                                       seg_BxT)
     x_BxTxE = layers.norm(cfg, 'final_norm')(x_BxTxE)
     logits_BxTxV = layers.output_logits(cfg, embed, x_BxTxE)
     if cache is not None:
       cache = {'layers': new_layers, 'pos': kv_pos_BxS, 'index': index + tokens_BxT.shape[1]}
     return {'hidden': x_BxTxE, 'logits': logits_BxTxV}, cache
+
+
+SEGMENTS = True  # Trains on packed rows (a batch's 'segments').
 
 
 def build(cfg):
@@ -169,8 +178,10 @@ def example_inputs(cfg, seq_len):
 
 
 def forward(module, params, batch, rngs=None):
-  """The outputs for a batch's 'inputs' (and 'positions', if it has them), as the steps see it."""
-  return module.apply({'params': params}, batch['inputs'], batch.get('positions'), rngs=rngs)[0]
+  """The outputs for a batch's 'inputs' (and 'positions' and packed rows' 'segments', if it has
+  them), as the steps see it."""
+  return module.apply({'params': params}, batch['inputs'], batch.get('positions'), None,
+                      batch.get('segments'), rngs=rngs)[0]
 
 
 def check_decode(cfg, prompt_len, max_new_tokens):

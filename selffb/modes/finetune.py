@@ -62,7 +62,8 @@ def _check_init(config, init, task):
     raise checks.ConfigError(f'config.finetune.init_workdir: {e}') from None
   current = metrics_lib.flatten(config.to_dict(), '.')
   differ = [k for k in sorted(set(saved) | set(current))
-            if k.startswith(('model.', 'data.tokenizer')) and saved.get(k) != current.get(k)]
+            if k.startswith(('model.', 'data.tokenizer', 'data.sentencepiece'))
+            and saved.get(k) != current.get(k)]
   if differ:
     raise checks.ConfigError(
         f'config.finetune.init_workdir={init!r} was trained with another model: ' +

@@ -30,7 +30,8 @@ def train_and_evaluate(config, workdir):
     evals = evaluators.build(config.evals, s)
     results = evaluators.run(evals, best_params)
     summary.update(results)
-    flat = metrics_lib.flatten(results)
+    flat = {k: v for k, v in metrics_lib.flatten(results).items()  # Scalars (not samples).
+            if isinstance(v, (int, float))}
     if flat:
       writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
                                         keep_until=summary['steps'])

@@ -1,114 +1,110 @@
-"""Language modelling on local UTF-8 text files (task 'text'): the files are cut into chunks of
-at most seq_len - 1 bytes, each a record with an empty prompt, so the loss covers every token."""
-import glob
-import os
+"""Language modelling on documents (task 'text'): a prepared tfds dataset by name
+(config.data.tfds_name) or local UTF-8 files (config.data.text.paths), through the grain
+pipeline of selffb/data/lm.py: tokenized, split/truncated/dropped when longer than a row,
+packed several to a row (or padded one to a row), loss on every token. Validation CE and
+perplexity are on up to `eval_sequences` rows of the validation split."""
+import dataclasses
 
-import numpy as np
-import tensorflow_datasets as tfds
+from absl import logging
 
-from selffb import errors
-from selffb.data import builders
+from selffb.data import lm as lm_data
+from selffb.data import text
 from selffb.tasks import seq
 
-BATCH_KEYS, EVAL_KEYS = seq.BATCH_KEYS, seq.EVAL_KEYS
-train_dataset, eval_batches = seq.train_dataset, seq.eval_batches
-loss_fn, eval_sums, example_length = seq.loss_fn, seq.eval_sums, seq.example_length
+BATCH_KEYS = seq.BATCH_KEYS + ('segments',)
+EVAL_KEYS = seq.EVAL_KEYS + ('segments',)
+loss_fn, eval_sums = seq.loss_fn, seq.eval_sums
 SUPPORTS_SELFTRAIN = False
-DATA_KEYS = ('data.text.', 'data.seq_len')  # What makes the records (seq_len cuts the chunks).
+PACKS = True  # Rows may hold several documents (model kinds need SEGMENTS).
+DATA_KEYS = ('data.text.', 'data.tfds_name', 'data.seq_len', 'data.tokenizer',
+             'data.sentencepiece.')  # What makes the rows.
+
+
+@dataclasses.dataclass(frozen=True)
+class TextFormat(seq.SequenceFormat):
+  """How documents become rows (seq.SequenceFormat's fields serve prompts when sampling)."""
+  seq_len: int = 128
+  pack: bool = True
+  long_docs: str = 'split'
+  shuffle_window: int = 0
+  eval_sequences: int = 256
+  workers: int = 0
+
+  def spec(self, seq_len=None):
+    return lm_data.RowSpec(seq_len=seq_len or self.seq_len, pack=self.pack,
+                           long_docs=self.long_docs)
 
 
 def batch_format(config):
-  del config
-  return seq.SequenceFormat()
+  t = config.data.text
+  return TextFormat(seq_len=config.data.seq_len, pack=t.pack, long_docs=t.long_docs,
+                    shuffle_window=t.shuffle_window, eval_sequences=t.eval_sequences,
+                    workers=config.data.workers)
 
 
-def _chunks(text, size):
-  """Cuts on character boundaries, so every chunk of at most `size` bytes is valid UTF-8."""
-  chunks, piece, used = [], [], 0
-  for ch in text:
-    n = len(ch.encode('utf-8'))
-    if used + n > size:
-      chunks.append(''.join(piece))
-      piece, used = [], 0
-    piece.append(ch)
-    used += n
-  chunks.append(''.join(piece))
-  return chunks
-
-
-class LocalText(tfds.core.GeneratorBasedBuilder):
-  """UTF-8 text files cut into chunks of at most `chunk_bytes` bytes; loss on every token."""
-  VERSION = tfds.core.Version('1.0.0')
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'prompt': tfds.features.Text(), 'answer': tfds.features.Text(), 'digits': np.int32}))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    s = builders.settings_of(self)
-    chunks = [c for path in s['files'] for c in _chunks(read_text_file(path), s['chunk_bytes'])]
-    order = np.random.default_rng(s['seed']).permutation(len(chunks))
-    n_val = max(1, int(round(len(chunks) * s['validation_fraction'])))
-    if len(chunks) - n_val < 1:
-      raise errors.InputError(f'text files {s["files"]} give {len(chunks)} chunk(s) of '
-                              f'{s["chunk_bytes"]} bytes: too little for a train and a '
-                              'validation split.')
-    pick = lambda idx: [chunks[i] for i in sorted(idx)]
-    return {'train': self._generate_examples(pick(order[n_val:])),
-            'validation': self._generate_examples(pick(order[:n_val]))}
-
-  def _generate_examples(self, chunks):
-    for i, chunk in enumerate(chunks):
-      yield i, {'prompt': '', 'answer': chunk, 'digits': 0}
-
-
-def read_text_file(path):
-  with open(path, 'rb') as f:
-    raw = f.read()
-  if not raw.strip():
-    raise errors.InputError(f'text file {path} is empty; remove it from config.data.text.paths.')
-  try:
-    return raw.decode('utf-8')
-  except UnicodeDecodeError as e:
-    raise errors.InputError(f'text file {path} is not UTF-8 ({e}); convert it (e.g. iconv -t '
-                            'utf-8) or remove it from config.data.text.paths.') from None
-
-
-def text_files(paths):
-  """The files that config.data.text.paths (comma-separated paths or globs) names."""
-  files = []
-  for pattern in [p.strip() for p in paths.split(',') if p.strip()]:
-    matched = sorted(glob.glob(os.path.expanduser(pattern)))
-    if not matched:
-      raise errors.InputError(f'config.data.text.paths: {pattern!r} matches no file.')
-    files.extend(matched)
-  if not files:
-    raise errors.InputError("config.data.task='text' needs config.data.text.paths (files or "
-                            'globs).')
-  return files
+def packs(config):
+  return config.data.text.pack
 
 
 def load_splits(config, data_dir):
-  """{'train', 'validation'} chunks of the text files; every file is checked before writing."""
-  c = config.data
-  files = text_files(c.text.paths)
-  for path in files:
-    read_text_file(path)  # Fail on a bad file before anything is written.
-  stamp = ''.join(f'{p}:{os.path.getsize(p)}:{os.path.getmtime(p)}' for p in files)
-  if c.seq_len < 2:
-    raise ValueError("config.data.task='text' needs config.data.seq_len >= 2 (chunk size).")
-  settings = dict(files=files, chunk_bytes=c.seq_len - 1,
-                  validation_fraction=c.text.validation_fraction, seed=config.seed)
-  return builders.build(LocalText, settings, data_dir, stamp)
+  """{'train', 'validation'} documents; each has a `fingerprint` naming its text."""
+  del data_dir  # Local files are read in place; a named dataset lives where tfds prepared it.
+  d = config.data
+  splits, fingerprint = text.tfds_splits(d) if d.tfds_name else text.local_splits(d.text)
+  for source in splits.values():
+    source.fingerprint = fingerprint
+  return splits
+
+
+def training_text(config, splits):
+  """(texts(), fingerprint): the training documents a SentencePiece model trains on."""
+  cap = config.data.sentencepiece.max_sentences
+  return (lambda: text.sample_texts(splits['train'], cap, config.seed),
+          splits['train'].fingerprint)
+
+
+def check_data(config, splits, tokenizer, seq_len):
+  """Logs what the long-document policy does to the first 10,000 training documents; raises
+  when it leaves no training row."""
+  fmt = batch_format(config)
+  counts = lm_data.long_doc_counts(splits['train'], tokenizer, fmt.spec(seq_len))
+  logging.info('text: of the first %d training documents, %d are longer than seq_len=%d + 1 '
+               "tokens; long_docs=%r made %d pieces of them and dropped %d tokens",
+               counts['documents'], counts['long'], seq_len, fmt.long_docs, counts['pieces'],
+               counts['dropped_tokens'])
+  if fmt.long_docs == 'drop' and counts['long'] == counts['documents']:
+    raise ValueError(f"config.data.text.long_docs='drop' drops every one of the first "
+                     f"{counts['documents']} training documents (all longer than seq_len="
+                     f"{seq_len}): use 'split' or 'truncate', or raise config.data.seq_len.")
+  return counts
+
+
+def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
+                  process_count=1, fmt=TextFormat()):
+  return lm_data.train_batches(source, tokenizer, fmt.spec(seq_len), batch_size, seed,
+                               process_index, process_count, fmt.shuffle_window, fmt.workers)
+
+
+def eval_batches(source, tokenizer, batch_size, fmt=TextFormat()):
+  return lm_data.eval_batches(source, tokenizer, fmt.spec(), batch_size, fmt.eval_sequences)
+
+
+def example_length(record, fmt=None):
+  raise NotImplementedError("task 'text' reads documents of any length: set config.data.seq_len.")
 
 
 def config_problems(config):
-  d, found = config.data, []
-  try:
-    text_files(d.text.paths)
-  except ValueError as e:
-    found.append(str(e))
-  if d.seq_len < 2:
-    found.append("config.data.task='text' needs config.data.seq_len >= 2.")
+  d, t, found = config.data, config.data.text, []
+  need = lambda ok, message: None if ok else found.append(message)
+  if not d.tfds_name:
+    try:
+      text.text_files(t.paths)
+    except ValueError as e:
+      found.append(str(e))
+  need(d.seq_len >= 2, f"config.data.task='text' needs config.data.seq_len >= 2 (the row length "
+       f'in tokens), not {d.seq_len}.')
+  need(t.long_docs in lm_data.LONG_DOCS, f'config.data.text.long_docs={t.long_docs!r}; choose '
+       f'one of {lm_data.LONG_DOCS}.')
+  need(t.encoding_errors in text.ENCODING_ERRORS, f'config.data.text.encoding_errors='
+       f'{t.encoding_errors!r}; choose one of {text.ENCODING_ERRORS}.')
   return found

@@ -7,11 +7,8 @@ to `max_bytes` UTF-8 bytes (on a character boundary), so config.data.seq_len can
 it without reading the corpus through; a cut pair is a truncated translation, so set
 max_bytes above the texts you care about.
 """
-import os
-
-import tensorflow_datasets as tfds
-
 from selffb import errors
+from selffb.data import named
 from selffb.tasks import seq
 
 BATCH_KEYS, EVAL_KEYS = seq.BATCH_KEYS, seq.EVAL_KEYS
@@ -52,23 +49,12 @@ class PairSource:
 
 
 def _open(c, split):
-  data_dir = os.path.expanduser(c.data_dir) or None
-  try:
-    source = tfds.data_source(c.tfds_name, split=split, data_dir=data_dir)
-  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, AssertionError) as e:
-    raise errors.InputError(
-        f'config.data.pairs.tfds_name={c.tfds_name!r} split {split!r} is not prepared in '
-        f'{c.data_dir or "the default tfds data dir"} ({type(e).__name__}): prepare it once '
-        f'where there is network (`tfds build {c.tfds_name} --file_format=array_record`), then '
-        'point config.data.pairs.data_dir at it.') from None
-  except ValueError as e:
-    raise errors.InputError(f'config.data.pairs: split {split!r} of {c.tfds_name!r}: '
-                            f'{e}') from None
-  features = set(source.dataset_info.features.keys())
+  source, features = named.open_split(c.tfds_name, split, c.data_dir,
+                                      'config.data.pairs.tfds_name')
   missing = [k for k in (c.source_key, c.target_key) if k not in features]
   if missing:
     raise errors.InputError(f'{c.tfds_name!r} has no feature(s) {missing}; its features are '
-                            f'{sorted(features)}: set config.data.pairs.source_key/target_key.')
+                            f'{features}: set config.data.pairs.source_key/target_key.')
   return PairSource(source, c)
 
 

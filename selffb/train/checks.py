@@ -49,12 +49,14 @@ def problems(config, num_devices):
   """Every problem of `config` for `num_devices` devices, as messages naming the key to fix."""
   found, check, need = _collector()
   found.extend(ranges.problems(config))
-  tokenizer = check(lambda: tokenizers.get(config.data.tokenizer))
+  tokenizer_problems = tokenizers.problems(config.data)
+  found.extend(tokenizer_problems)
+  vocab = None if tokenizer_problems else check(lambda: tokenizers.vocab_size(config.data))
   model = check(lambda: models.get(config.model.kind))
   model_cfg = None
-  if model is not None and tokenizer is not None and not any(
+  if model is not None and vocab is not None and not any(
       p.startswith('config.model.') for p in found):
-    model_cfg = check(lambda: model.Config.from_config(config.model, tokenizer.vocab_size))
+    model_cfg = check(lambda: model.Config.from_config(config.model, vocab))
   check(lambda: losses.check_loss_name(config.feedback.loss))
   check(lambda: losses.check_blend_name(config.feedback.blend))
   check(lambda: losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps))
@@ -69,6 +71,12 @@ def problems(config, num_devices):
   task = check(lambda: tasks.get(d.task))
   if task is not None:
     found.extend(task.config_problems(config))
+    need(model is None or not getattr(task, 'packs', lambda c: False)(config) or getattr(
+        model, 'SEGMENTS', False), f'config.data.text.pack=True puts several documents in a row, '
+         f'which model.kind={config.model.kind!r} cannot keep apart: set pack=False.')
+    need(d.tokenizer == 'byte' or d.sentencepiece.model or hasattr(task, 'training_text'),
+         f'config.data.task={d.task!r} has no text to train a SentencePiece model on: give '
+         'config.data.sentencepiece.model, or use the byte tokenizer.')
   found.extend(selftrain_problems(config.selftrain))
   found.extend(evaluators.problems(config.evals))
   return list(dict.fromkeys(found))  # A name check and the builder it guards may both report.
@@ -151,7 +159,17 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'data.pairs.target_key': 'de', 'data.pairs.separator': ' => ',
           'data.pairs.train_split': 'train', 'data.pairs.validation_split': 'validation',
           'data.pairs.test_split': 'test[:500]', 'data.pairs.test_name': 'test',
-          'data.pairs.max_bytes': 64}
+          'data.pairs.max_bytes': 64,
+          # Issue 18: named tfds text, SentencePiece, packing (old 'text' runs padded a chunk a
+          # row).
+          'data.tfds_name': '', 'data.workers': 0, 'data.text.feature': '',
+          'data.text.train_split': 'train', 'data.text.validation_split': '',
+          'data.text.prepare': True, 'data.text.encoding_errors': 'error',
+          'data.text.long_docs': 'split', 'data.text.pack': False, 'data.text.shuffle_window': 0,
+          'data.text.eval_sequences': 256, 'data.sentencepiece.model': '',
+          'data.sentencepiece.vocab_size': 1024, 'data.sentencepiece.model_type': 'unigram',
+          'data.sentencepiece.character_coverage': 0.9995,
+          'data.sentencepiece.max_sentences': 200000, 'data.sentencepiece.byte_fallback': True}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).

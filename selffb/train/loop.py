@@ -19,6 +19,7 @@ from selffb import optim
 from selffb import runtime
 from selffb import sharding
 from selffb.data import pipeline
+from selffb.data import tokenizers
 from selffb.evaluators import teacher_forced
 from selffb.train import checks
 from selffb.train import state as state_lib
@@ -145,6 +146,7 @@ def _start(s, workdir, init_params, keep_best, progress_args):
                dict(s.mesh.shape))
   manager = checkpoint.make_manager(workdir, config.train.max_checkpoints)
   changed = _check_resume(manager, config, state.params)
+  tokenizers.check_run_copy(s.tokenizer, workdir, manager.latest_step() is not None)
   p_train, p_eval = step_lib.compile_steps(s, state_sh)
   train_iter, val_batches = _data(s)
   book = {'best_val_ce': float('inf'), 'best_step': 0, 'bad_evals': 0, 'stopped': False,

@@ -38,40 +38,76 @@ class Setup:
     return self.model.build(self.model_cfg.replace(deterministic=not training))
 
 
+def data_dir_of(config, workdir):
+  return config.data.data_dir or os.path.join(workdir, 'data')
+
+
+def _on_process_0_first(fn):
+  """fn() on process 0, then (after it has written what it writes) on the other hosts."""
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      fn()
+    multihost_utils.sync_global_devices('selffb: data written')
+  return fn()
+
+
 def load_splits(config, workdir):
   """The task's splits, written once under config.data.data_dir (default <workdir>/data); on
   several hosts process 0 writes them and the others open them."""
   task = tasks.get(config.data.task)
-  data_dir = config.data.data_dir or os.path.join(workdir, 'data')
-  if jax.process_count() > 1:
-    if jax.process_index() == 0:
-      task.load_splits(config, data_dir)
-    multihost_utils.sync_global_devices('selffb: data written')
-  return task.load_splits(config, data_dir)
+  return _on_process_0_first(lambda: task.load_splits(config, data_dir_of(config, workdir)))
+
+
+def make_tokenizer(config, workdir, task, splits):
+  """config.data's tokenizer; a SentencePiece model to train trains on the task's training text
+  (process 0 first, the other hosts then read its cache)."""
+  if config.data.tokenizer == 'byte' or config.data.sentencepiece.model:
+    return tokenizers.get(config.data)
+  run_copy = os.path.join(workdir, tokenizers.RUN_FILE)
+  if not splits and os.path.isfile(run_copy):  # Sampling a run: the model it trained with.
+    return tokenizers.load(run_copy)
+  texts, fingerprint = (task.training_text(config, splits)
+                        if splits and hasattr(task, 'training_text') else (None, ''))
+  return _on_process_0_first(lambda: tokenizers.get(
+      config.data, texts, fingerprint, data_dir_of(config, workdir)))
 
 
 def setup(config, workdir, devices=None, with_data=True):
   """Validates the whole config, then builds data, model, optimizer and mesh.
 
   `devices` (default: all) are the devices the mesh spans. Without data (sampling) the splits
-  are empty and the sequence length is the model's.
+  are empty and the sequence length is the model's; a SentencePiece model then comes from the
+  data dir's cache (or config.data.sentencepiece.model).
   """
   devices = jax.devices() if devices is None else devices
   checks.check_config(config, len(devices))
-  tokenizer = tokenizers.get(config.data.tokenizer)
   model, task = models.get(config.model.kind), tasks.get(config.data.task)
   mesh = sharding.make_mesh(config.mesh, devices)
   fmt = task.batch_format(config)
   if getattr(model, 'SEQ2SEQ', False):  # Prompts become the encoder's source.
     fmt = dataclasses.replace(fmt, seq2seq=True)
   splits, seq_len = {}, config.model.max_len
-  if with_data:
+  if with_data or (config.data.tokenizer == 'sentencepiece' and not
+                   config.data.sentencepiece.model and
+                   not os.path.isfile(os.path.join(workdir, tokenizers.RUN_FILE))):
     splits = load_splits(config, workdir)
+  tokenizer = make_tokenizer(config, workdir, task, splits)
+  if tokenizer.vocab_size != tokenizers.vocab_size(config.data):
+    raise checks.ConfigError(
+        f'the SentencePiece model {getattr(tokenizer, "path", "")} has {tokenizer.vocab_size} '
+        f'pieces, not config.data.sentencepiece.vocab_size={config.data.sentencepiece.vocab_size}'
+        ' (SentencePiece could not make that many from this text): lower vocab_size to '
+        f'{tokenizer.vocab_size} or give more text.')
+  if with_data:
     seq_len = config.data.seq_len or max(
         task.example_length(r, fmt) for r in pipeline.read_all(splits['train']))
     if seq_len > config.model.max_len:
       raise checks.ConfigError(f'training sequences of {seq_len} tokens exceed '
                                f'config.model.max_len={config.model.max_len}.')
+    if hasattr(task, 'check_data'):
+      task.check_data(config, splits, tokenizer, seq_len)
+  else:
+    splits = {}
   return Setup(config=config, model=model,
                model_cfg=model.Config.from_config(config.model, tokenizer.vocab_size),
                task=task, tokenizer=tokenizer, fmt=fmt, splits=splits,
