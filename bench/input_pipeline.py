@@ -25,6 +25,7 @@ import numpy as np
 
 from configs import text_lm
 from selffb import sharding
+from selffb.data import pipeline
 from selffb.data import text
 from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
@@ -52,7 +53,7 @@ class Variant:
     self.s = s = setup_lib.setup(c, data_dir, jax.devices()[:1])
     source = s.splits['train']
     if args.paragraphs:  # Short documents: where packing saves the most padding.
-      source = text.Documents([p for d in source.docs for p in d.split('\n\n') if p.strip()])
+      source = pipeline.ListSource([p for d in source.records for p in d.split('\n\n') if p.strip()])
     self.dataset = s.task.train_dataset(source, s.tokenizer, s.seq_len, args.batch, c.seed,
                                         fmt=s.fmt)
     self.it = iter(self.dataset)

@@ -158,7 +158,10 @@ def test_causal_attention_backward_equals_autodiff(block, dtype, packed):
   q, k, v, dout = (jax.random.normal(key, (b, h, t, d), dtype)
                    for key in jax.random.split(jax.random.key(0), 4))
   valid = jnp.ones((b, t), bool).at[1, :3].set(False)
-  seg = jnp.asarray([[1] * 4 + [2] * 6 + [0] * 2, [0] * 3 + [1] * 7 + [2] * 2]) if packed else None
+  seg = None
+  if packed:  # Padding (segment 0) is invalid, as a packed row's positions -1 make it.
+    seg = jnp.asarray([[1] * 4 + [2] * 6 + [0] * 2, [0] * 3 + [1] * 7 + [2] * 2])
+    valid = seg > 0
   out, vjp = jax.vjp(lambda *qkv: attention.causal_attention(*qkv, valid, seg, block), q, k, v)
   want_out, want_vjp = jax.vjp(
       lambda *qkv: attention._causal_attention_fwd(*qkv, valid, seg, block)[0], q, k, v)

@@ -12,6 +12,7 @@ from configs import tiny
 from selffb import errors
 from selffb import models
 from selffb.data import lm as lm_data
+from selffb.data import pipeline
 from selffb.data import text
 from selffb.data import tokenizers
 from selffb.tasks import lm
@@ -25,7 +26,7 @@ TOK = tokenizers.ByteTokenizer()
 def docs_of(n, seed=0):
   """n documents of 1..60 bytes, each starting with its number."""
   rng = np.random.default_rng(seed)
-  return text.Documents([f'{i}:' + 'ab c.'[:1] * int(rng.integers(0, 58)) for i in range(n)])
+  return pipeline.ListSource([f'{i}:' + 'ab c.'[:1] * int(rng.integers(0, 58)) for i in range(n)])
 
 
 def text_config(tmp_path, paths, **data):
@@ -52,7 +53,7 @@ def assert_batches_equal(a, b):
 # The pipeline.
 
 def test_packed_rows_restart_positions_per_document_and_mask_padding():
-  docs = text.Documents(['abc', 'de', 'fghijklmnopqrstuvwxyz'])  # 5, 4 and 23 tokens.
+  docs = pipeline.ListSource(['abc', 'de', 'fghijklmnopqrstuvwxyz'])  # 5, 4 and 23 tokens.
   spec = lm_data.RowSpec(seq_len=8, pack=True, long_docs='split')
   rows = list(lm_data.rows(docs, TOK, spec, shuffle=False, repeat=False, bins=4))
   # 'abc' (bos a b c eos: 4 inputs) and 'de' (3 inputs) share the first row.
@@ -71,7 +72,7 @@ def test_packed_rows_restart_positions_per_document_and_mask_padding():
 
 
 def test_padded_rows_hold_one_document_each():
-  docs = text.Documents(['abc', 'de'])
+  docs = pipeline.ListSource(['abc', 'de'])
   spec = lm_data.RowSpec(seq_len=6, pack=False)
   rows = list(lm_data.rows(docs, TOK, spec, shuffle=False, repeat=False))
   assert 'segments' not in rows[0]
@@ -82,7 +83,7 @@ def test_padded_rows_hold_one_document_each():
 @pytest.mark.parametrize('policy, pieces, dropped', [('split', 3, 0), ('truncate', 1, 14),
                                                      ('drop', 0, 22)])
 def test_long_documents_policy_and_counts(policy, pieces, dropped):
-  docs = text.Documents(['x' * 21, 'short'])  # 23 tokens: 22 targets; rows of 8.
+  docs = pipeline.ListSource(['x' * 21, 'short'])  # 23 tokens: 22 targets; rows of 8.
   spec = lm_data.RowSpec(seq_len=8, pack=False, long_docs=policy)
   counts = lm_data.long_doc_counts(docs, TOK, spec)
   assert counts == {'documents': 2, 'long': 1, 'pieces': pieces, 'dropped_tokens': dropped}
@@ -102,7 +103,7 @@ def test_same_seed_same_batches_and_another_seed_others():
 
 @pytest.mark.parametrize('pack, window', [(True, 16), (False, 0), (True, 0)])
 def test_resume_mid_epoch_gives_the_identical_next_batches(pack, window):
-  docs = text.Documents([f'document {i} ' * (1 + i % 9) for i in range(60)])  # Many split.
+  docs = pipeline.ListSource([f'document {i} ' * (1 + i % 9) for i in range(60)])  # Many split.
   spec = lm_data.RowSpec(seq_len=24, pack=pack)
   ds = lm_data.train_batches(docs, TOK, spec, 4, seed=3, shuffle_window=window)
   it = iter(ds)
@@ -235,6 +236,17 @@ def test_config_problems_of_the_text_task(tmp_path):
     assert message in found
   c = text_config(tmp_path, str(tmp_path / 'nothing*.txt'))
   assert any('matches no file' in p for p in checks.problems(c, 1))
+  c = text_config(tmp_path, str(tmp_path / 'a.txt'))
+  c.model.kind = 'encdec'
+  assert any("no source for model.kind='encdec'" in p for p in checks.problems(c, 1))
+
+
+def test_a_dry_run_trains_no_tokenizer_and_writes_nothing(tmp_path):
+  from selffb.modes import dry_run  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'a.txt').write_text('some text\n' * 20)
+  c = text_config(tmp_path, str(tmp_path / 'a.txt'), tokenizer='sentencepiece')
+  plan = dry_run.plan(c, str(tmp_path / 'run'), 'train')
+  assert plan['vocab_size'] == 1024 and os.listdir(tmp_path) == ['a.txt']
 
 
 # SentencePiece.
@@ -270,12 +282,23 @@ def test_a_sentencepiece_model_that_does_not_match_the_checkpoint(tmp_path):
   run = str(tmp_path / 'run')
   train_mode.train_and_evaluate(c, run)
   assert os.path.isfile(os.path.join(run, tokenizers.RUN_FILE))
-  c.data.sentencepiece.vocab_size = 300  # Another model; the model key is unchanged.
-  c.data.data_dir = str(tmp_path / 'data2')
   c.train.num_steps = 8
+  c.data.sentencepiece.vocab_size = 300  # Another vocabulary; the model keys are unchanged.
   with pytest.raises(errors.InputError, match=r'trained with the SentencePiece model saved as '
-                     r'.*tokenizer.model \(290 pieces\), not with .*\(300 pieces\)'):
+                     r'.*tokenizer.model has 290 pieces, not config.data.sentencepiece.vocab_'
+                     'size=300'):
     train_mode.train_and_evaluate(c, run)
+  # A given model file that is not the run's, even of the same size.
+  (tmp_path / 'b.txt').write_text(''.join(f'another text {i} there.\n' for i in range(400)))
+  other = text_config(tmp_path, str(tmp_path / 'b.txt'), tokenizer='sentencepiece', seq_len=24)
+  other.data.sentencepiece.vocab_size = 290
+  given = setup_lib.setup(other, str(tmp_path / 'other')).tokenizer.path
+  c.data.sentencepiece.update(vocab_size=290, model=given)
+  with pytest.raises(errors.InputError, match=r'tokenizer.model \(290 pieces\), not with '
+                     r'.*sp_.*\.model \(290 pieces\)'):
+    train_mode.train_and_evaluate(c, run)
+  c.data.sentencepiece.model = ''
+  assert train_mode.train_and_evaluate(c, run)['steps'] == 8  # The run's own copy resumes.
 
 
 # Named tfds datasets.
@@ -339,7 +362,8 @@ def test_a_prepared_arrayrecord_dataset_with_split_syntax(tmp_path):
                      r"'title'\]"):
     lm.load_splits(c, '')
   c.data.text.update(feature='body', validation_split='dev')
-  with pytest.raises(errors.InputError, match=r"no split 'dev'.*\['train', 'validation'\]"):
+  with pytest.raises(errors.InputError, match=r"config.data.text.validation_split='dev': .*no "
+                     r"such split.*\['train', 'validation'\]"):
     lm.load_splits(c, '')
 
 

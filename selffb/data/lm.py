@@ -16,6 +16,8 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
+from selffb import errors
+
 LONG_DOCS = ('split', 'truncate', 'drop')
 
 
@@ -141,10 +143,10 @@ def train_batches(source, tokenizer, spec, batch_size, seed, process_index=0, pr
 def eval_batches(source, tokenizer, spec, batch_size, max_rows):
   """Up to `max_rows` rows of a split in file order, as batches of `batch_size` with `valid`
   marking real rows (the last batch is filled with copies of its first row)."""
-  it = iter(rows(source, tokenizer, spec, shuffle=False, repeat=False, bins=batch_size))
-  made = [row for _, row in zip(range(max_rows), it)]
+  it = iter(rows(source, tokenizer, spec, shuffle=False, repeat=False))  # Fixed bins: the
+  made = [row for _, row in zip(range(max_rows), it)]  # same rows at any eval batch size.
   if not made:
-    raise ValueError('the validation split gives no rows (every document dropped as longer than '
+    raise errors.InputError('the validation split gives no rows (every document dropped as longer than '
                      "seq_len? set config.data.text.long_docs='split').")
   batches = []
   for start in range(0, len(made), batch_size):

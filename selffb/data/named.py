@@ -10,11 +10,11 @@ import tensorflow_datasets as tfds
 from selffb import errors
 
 
-def _how_to_prepare(name, data_dir):
+def _how_to_prepare(name, data_dir, dir_key):
   where = f' --data_dir={data_dir}' if data_dir else ''
   return (f'prepare it once where there is network (`tfds build {name} '
           f'--file_format=array_record{where}`; TensorFlow is needed for some datasets), then '
-          'point the data dir key at that directory')
+          f'set {dir_key} to that data dir')
 
 
 class Source:
@@ -38,10 +38,12 @@ class Source:
     return [self.source[i] for i in indices]
 
 
-def open_split(name, split, data_dir, key, prepare=False):
-  """A prepared dataset's split as a Source and the dataset's feature names; `key` names the
-  config key of the dataset (for messages). With `prepare`, a dataset that is not prepared is
-  downloaded and written as ArrayRecord first (this needs network)."""
+def open_split(name, split, data_dir, key, prepare=False, split_key='the split',
+               dir_key='the data dir'):
+  """A prepared dataset's split as a Source and the dataset's feature names; `key`, `split_key`
+  and `dir_key` name the config keys of the dataset, the split and the data dir (for messages).
+  With `prepare`, a dataset that is not prepared is downloaded and written as ArrayRecord first
+  (this needs network)."""
   data_dir = os.path.expanduser(data_dir) or None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -49,14 +51,17 @@ def open_split(name, split, data_dir, key, prepare=False):
     raise errors.InputError(
         f'{key}={name!r} is not a dataset tensorflow-datasets knows (its catalog: '
         "https://www.tensorflow.org/datasets/catalog; a config goes after a slash, e.g. "
-        f"'wiki40b/en'); a builder of your own: {_how_to_prepare(name, data_dir)}.") from None
+        f"'wiki40b/en'); a builder of your own: {_how_to_prepare(name, data_dir, dir_key)}."
+    ) from None
+  except ValueError as e:  # e.g. an unknown config after the slash.
+    raise errors.InputError(f'{key}={name!r}: {e}') from None
   features = sorted(builder.info.features.keys())
   try:
     return Source(builder.as_data_source(split=split)), features
   except (ValueError, KeyError) as e:
     if builder.is_prepared():
       raise errors.InputError(
-          f'{key}={name!r} has no split {split!r} ({e}); its splits are '
+          f'{split_key}={split!r}: {key}={name!r} has no such split ({e}); its splits are '
           f'{sorted(builder.info.splits)} (tfds split syntax, e.g. train[:95%]).') from None
     failure = e
   except (NotImplementedError, FileNotFoundError, AssertionError) as e:
@@ -68,9 +73,9 @@ def open_split(name, split, data_dir, key, prepare=False):
     except Exception as e:  # pylint: disable=broad-except  (network, TensorFlow-only builders)
       raise errors.InputError(f'{key}={name!r} is not prepared and preparing it here failed '
                               f'({type(e).__name__}: {str(e)[:200]}): '
-                              f'{_how_to_prepare(name, data_dir)}.') from None
-    return open_split(name, split, data_dir or '', key, prepare=False)
+                              f'{_how_to_prepare(name, data_dir, dir_key)}.') from None
+    return open_split(name, split, data_dir or '', key, False, split_key, dir_key)
   raise errors.InputError(
       f'{key}={name!r} split {split!r} cannot be read from '
       f'{data_dir or "the default tfds data dir"} ({type(failure).__name__}: '
-      f'{str(failure).splitlines()[0][:160]}): {_how_to_prepare(name, data_dir)}.')
+      f'{str(failure).splitlines()[0][:160]}): {_how_to_prepare(name, data_dir, dir_key)}.')

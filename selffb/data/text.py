@@ -1,5 +1,6 @@
 """Text documents for language modelling, from a prepared tfds dataset by name or from local
-UTF-8 files, as random-access sources of strings (`__len__`, `__getitems__`).
+UTF-8 files (held in a pipeline.ListSource), as random-access sources of strings (`__len__`,
+`__getitems__`).
 
 Local files are read whole (a file is a document); each file's last `validation_fraction`, cut
 at a line break, is its validation document, so one file gives both splits. A named dataset's
@@ -13,6 +14,7 @@ import numpy as np
 
 from selffb import errors
 from selffb.data import named
+from selffb.data import pipeline
 
 # The feature holding the text, where a dataset's is not 'text'.
 TEXT_FEATURES = {'pg19': 'book_text', 'ag_news_subset': 'description', 'cnn_dailymail': 'article',
@@ -30,19 +32,6 @@ def decode(raw, errors_policy, where):
   except UnicodeDecodeError as e:
     raise errors.InputError(f'{where} is not valid UTF-8 ({e}); convert it (e.g. iconv -t utf-8) '
                             "or set config.data.text.encoding_errors='replace'.") from None
-
-
-class Documents:
-  """Strings in memory with the random-access interface of a data source."""
-
-  def __init__(self, docs):
-    self.docs = list(docs)
-
-  def __len__(self):
-    return len(self.docs)
-
-  def __getitems__(self, indices):
-    return [self.docs[i] for i in indices]
 
 
 class TfdsDocuments:
@@ -132,8 +121,9 @@ def local_splits(t):
     raise errors.InputError(f'config.data.text.paths {t.paths!r}: too little text for a train '
                             f'and a validation split at validation_fraction='
                             f'{t.validation_fraction}.')
-  stamp = ';'.join(f'{p}:{os.path.getsize(p)}:{os.path.getmtime(p)}' for p in files)
-  return {'train': Documents(train), 'validation': Documents(validation)}, stamp
+  stamp = f'{t.validation_fraction};' + ';'.join(
+      f'{p}:{os.path.getsize(p)}:{os.path.getmtime(p)}' for p in files)
+  return {'train': pipeline.ListSource(train), 'validation': pipeline.ListSource(validation)}, stamp
 
 
 def tfds_splits(d, prepare=None):
@@ -141,19 +131,22 @@ def tfds_splits(d, prepare=None):
   a fingerprint naming that text."""
   t = d.text
   prepare = t.prepare if prepare is None else prepare
-  key = 'config.data.tfds_name'
-  train, features = named.open_split(d.tfds_name, t.train_split, d.data_dir, key, prepare)
+  key, dir_key = 'config.data.tfds_name', 'config.data.data_dir'
+  train, features = named.open_split(d.tfds_name, t.train_split, d.data_dir, key, prepare,
+                                     'config.data.text.train_split', dir_key)
   feature = t.feature or TEXT_FEATURES.get(d.tfds_name.split('/')[0].split(':')[0], 'text')
   if feature not in features:
     raise errors.InputError(f'{d.tfds_name!r} has no feature {feature!r}; its features are '
                             f'{features}: set config.data.text.feature to the one with the text.')
   val_split = t.validation_split or 'validation'
-  validation, _ = named.open_split(d.tfds_name, val_split, d.data_dir, key, False)
+  validation, _ = named.open_split(d.tfds_name, val_split, d.data_dir, key, False,
+                                   'config.data.text.validation_split', dir_key)
   splits = {}
   for name, source, split in (('train', train, t.train_split),
                               ('validation', validation, val_split)):
     if not len(source):
-      raise errors.InputError(f'{d.tfds_name!r} split {split!r} is empty; choose another split.')
+      raise errors.InputError(f'{d.tfds_name!r} split {split!r} is empty: choose another in '
+                              f'config.data.text.{name}_split.')
     splits[name] = TfdsDocuments(source, feature, t.encoding_errors,
                                  f'{d.tfds_name} {split} feature {feature!r}')
   return splits, f'tfds:{d.tfds_name}:{t.train_split}:{feature}:{os.path.expanduser(d.data_dir)}'

@@ -7,6 +7,7 @@ the text it was trained on, so a rerun reuses it and any change trains a new one
 """
 import hashlib
 import io
+import itertools
 import json
 import os
 
@@ -20,15 +21,10 @@ PAD, BOS, EOS, UNK = 0, 1, 2, 3  # Special ids, the same in every tokenizer here
 MODEL_TYPES = ('unigram', 'bpe')
 
 
-class ByteTokenizer:
-  """UTF-8 bytes shifted past three specials: pad 0, bos 1, eos 2."""
-  pad_id, bos_id, eos_id, offset = PAD, BOS, EOS, 3
-  vocab_size = 256 + 3
-  name = 'byte'
-
-  def encode(self, text):
-    raw = text.encode('utf-8') if isinstance(text, str) else bytes(text)
-    return np.frombuffer(raw, np.uint8).astype(np.int32) + self.offset
+class _Tokenizer:
+  """What every tokenizer shares: `encode_prompt`, `encode_many` and `decode` over its own
+  `encode` and `_decode` (ids without specials -> text)."""
+  pad_id, bos_id, eos_id = PAD, BOS, EOS
 
   def encode_many(self, texts):
     return [self.encode(t) for t in texts]
@@ -38,17 +34,31 @@ class ByteTokenizer:
     return np.concatenate([[self.bos_id], self.encode(text)]).astype(np.int32)
 
   def decode(self, ids):
-    """Bytes up to the first eos, specials dropped, as text (invalid UTF-8 replaced)."""
+    """Ids up to the first eos, specials dropped, as text."""
     ids = np.asarray(ids).tolist()
     if self.eos_id in ids:
       ids = ids[:ids.index(self.eos_id)]
-    return bytes(i - self.offset for i in ids if i >= self.offset).decode('utf-8', 'replace')
+    return self._decode([i for i in ids if i > EOS])
 
 
-class SentencePieceTokenizer:
+class ByteTokenizer(_Tokenizer):
+  """UTF-8 bytes shifted past three specials: pad 0, bos 1, eos 2 (invalid UTF-8 decodes to
+  U+FFFD)."""
+  offset = 3
+  vocab_size = 256 + 3
+  name = 'byte'
+
+  def encode(self, text):
+    raw = text.encode('utf-8') if isinstance(text, str) else bytes(text)
+    return np.frombuffer(raw, np.uint8).astype(np.int32) + self.offset
+
+  def _decode(self, ids):
+    return bytes(i - self.offset for i in ids).decode('utf-8', 'replace')
+
+
+class SentencePieceTokenizer(_Tokenizer):
   """A SentencePiece model (`proto`, its serialized bytes) with pad 0, bos 1, eos 2, unk 3 (as
   `train` writes it; a given model must have the same specials)."""
-  pad_id, bos_id, eos_id = PAD, BOS, EOS
 
   def __init__(self, model_proto, path=''):
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
@@ -72,15 +82,22 @@ class SentencePieceTokenizer:
   def encode_many(self, texts):
     return [np.asarray(ids, np.int32) for ids in self.sp.encode([self._text(t) for t in texts])]
 
-  def encode_prompt(self, text):
-    return np.concatenate([[self.bos_id], self.encode(text)]).astype(np.int32)
+  def _decode(self, ids):
+    return self.sp.decode(ids)
 
-  def decode(self, ids):
-    """Pieces up to the first eos, specials dropped, as text."""
-    ids = np.asarray(ids).tolist()
-    if self.eos_id in ids:
-      ids = ids[:ids.index(self.eos_id)]
-    return self.sp.decode([i for i in ids if i > EOS])
+
+class Untrained:
+  """A SentencePiece model not trained yet (a dry run reads only its vocabulary size)."""
+  pad_id, bos_id, eos_id, name, path = PAD, BOS, EOS, 'sentencepiece', ''
+
+  def __init__(self, vocab_size):
+    self.vocab_size = vocab_size
+
+  def _missing(self, *args):
+    raise errors.InputError('no SentencePiece model yet: a training run trains one (or set '
+                            'config.data.sentencepiece.model).')
+
+  encode = encode_many = encode_prompt = decode = _missing
 
 
 TOKENIZERS = ('byte', 'sentencepiece')
@@ -140,8 +157,10 @@ def train(texts, settings, path):
   """Trains a SentencePiece model on `texts` (documents; each line a sentence) and writes it to
   `path` atomically."""
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  lines = (line for text in texts for line in text.split('\n') if line.strip())
+  lines = itertools.islice((line for text in texts for line in text.split('\n')
+                            if line.strip()), settings['max_sentences'])
   proto = io.BytesIO()
+  spm.set_random_generator_seed(0)  # The same text makes the same model.
   try:
     spm.SentencePieceTrainer.train(
         sentence_iterator=lines, model_writer=proto, vocab_size=settings['vocab_size'],
@@ -191,9 +210,13 @@ RUN_FILE = 'tokenizer.model'  # A run's copy of its SentencePiece model, in its 
 def check_run_copy(tokenizer, workdir, resuming):
   """Keeps a copy of a SentencePiece model in the run's workdir: a resumed run must use the
   model its checkpoint was trained with (raises InputError naming both files otherwise)."""
-  if not isinstance(tokenizer, SentencePieceTokenizer):
-    return
   path = os.path.join(workdir, RUN_FILE)
+  if not isinstance(tokenizer, SentencePieceTokenizer):
+    if resuming and os.path.isfile(path):
+      raise errors.InputError(f'the checkpoint in {workdir} was trained with the SentencePiece '
+                              f"model {path}, not the {tokenizer.name} tokenizer: set "
+                              "config.data.tokenizer='sentencepiece', or use a new --workdir.")
+    return
   if resuming and os.path.isfile(path):
     with open(path, 'rb') as f:
       saved = f.read()

@@ -7,6 +7,7 @@ import dataclasses
 
 from absl import logging
 
+from selffb import errors
 from selffb.data import lm as lm_data
 from selffb.data import text
 from selffb.tasks import seq
@@ -17,7 +18,8 @@ loss_fn, eval_sums = seq.loss_fn, seq.eval_sums
 SUPPORTS_SELFTRAIN = False
 PACKS = True  # Rows may hold several documents (model kinds need SEGMENTS).
 DATA_KEYS = ('data.text.', 'data.tfds_name', 'data.seq_len', 'data.tokenizer',
-             'data.sentencepiece.')  # What makes the rows.
+             'data.sentencepiece.', 'data.workers')  # What makes the rows (and their order).
+DECODER_ONLY = True  # Rows of documents: no source for an encoder-decoder.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +61,8 @@ def load_splits(config, data_dir):
 def training_text(config, splits):
   """(texts(), fingerprint): the training documents a SentencePiece model trains on."""
   cap = config.data.sentencepiece.max_sentences
-  return (lambda: text.sample_texts(splits['train'], cap, config.seed),
-          splits['train'].fingerprint)
+  # A fixed seed: every seed of a sweep shares the model trained on the same text.
+  return lambda: text.sample_texts(splits['train'], cap, seed=0), splits['train'].fingerprint
 
 
 def check_data(config, splits, tokenizer, seq_len):
@@ -73,7 +75,7 @@ def check_data(config, splits, tokenizer, seq_len):
                counts['documents'], counts['long'], seq_len, fmt.long_docs, counts['pieces'],
                counts['dropped_tokens'])
   if fmt.long_docs == 'drop' and counts['long'] == counts['documents']:
-    raise ValueError(f"config.data.text.long_docs='drop' drops every one of the first "
+    raise errors.InputError(f"config.data.text.long_docs='drop' drops every one of the first "
                      f"{counts['documents']} training documents (all longer than seq_len="
                      f"{seq_len}): use 'split' or 'truncate', or raise config.data.seq_len.")
   return counts

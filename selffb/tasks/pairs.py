@@ -50,7 +50,8 @@ class PairSource:
 
 def _open(c, split):
   source, features = named.open_split(c.tfds_name, split, c.data_dir,
-                                      'config.data.pairs.tfds_name')
+                                      'config.data.pairs.tfds_name', False,
+                                      'the config.data.pairs split', 'config.data.pairs.data_dir')
   missing = [k for k in (c.source_key, c.target_key) if k not in features]
   if missing:
     raise errors.InputError(f'{c.tfds_name!r} has no feature(s) {missing}; its features are '

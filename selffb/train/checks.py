@@ -74,6 +74,10 @@ def problems(config, num_devices):
     need(model is None or not getattr(task, 'packs', lambda c: False)(config) or getattr(
         model, 'SEGMENTS', False), f'config.data.text.pack=True puts several documents in a row, '
          f'which model.kind={config.model.kind!r} cannot keep apart: set pack=False.')
+    need(model is None or not (getattr(task, 'DECODER_ONLY', False) and
+                               getattr(model, 'SEQ2SEQ', False)),
+         f'config.data.task={d.task!r} trains on documents with no source for '
+         f"model.kind={config.model.kind!r}: use 'decoder' (or 'lstm' with pack=False).")
     need(d.tokenizer == 'byte' or d.sentencepiece.model or hasattr(task, 'training_text'),
          f'config.data.task={d.task!r} has no text to train a SentencePiece model on: give '
          'config.data.sentencepiece.model, or use the byte tokenizer.')
@@ -222,7 +226,7 @@ def resume_changes(saved, current, abstract_params):
                       'optimizer state had another shape; its parameters still evaluate and '
                       'sample, but training cannot resume from it. Use a new --workdir.')
   changed = config_changes(saved, current)
-  model_keys = [k for k in changed if k.startswith('model.')]
+  model_keys = [k for k in changed if k.startswith(('model.', 'data.tokenizer'))]
   if model_keys:
     raise ConfigError('the checkpoint was written by a different model; changed: ' + ', '.join(
         f'{k} {changed[k][0]!r} -> {changed[k][1]!r}' for k in model_keys) +

@@ -121,8 +121,9 @@ def _forget_best(book, changed, task):
   Returns whether it did."""
   data = [k for k in changed if k.startswith(('seed', 'data.task') + task.DATA_KEYS)]
   if data:
-    logging.warning('the data changed since the checkpoint (%s): early stopping starts afresh '
-                    'and the best parameters so far are dropped.', ', '.join(data))
+    logging.warning('the data changed since the checkpoint (%s): the data iterator and early '
+                    'stopping start afresh and the best parameters so far are dropped.',
+                    ', '.join(data))
     book.update(best_val_ce=float('inf'), best_step=0, bad_evals=0, stopped=False)
   return bool(data)
 
@@ -159,9 +160,10 @@ def _start(s, workdir, init_params, keep_best, progress_args):
   restored = checkpoint.restore(manager, state, state.params)
   if restored is not None:
     step, state, best_params, data_state, book = restored
-    train_iter.set_state(data_state)
-    if _forget_best(book, changed, s.task):
+    if _forget_best(book, changed, s.task):  # Other data: its iterator starts afresh.
       best_params = state.params
+    else:
+      train_iter.set_state(data_state)
     logging.info('resumed from the checkpoint at step %d in %s', step, workdir)
   step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0, keep_until=step)

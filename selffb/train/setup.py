@@ -59,25 +59,45 @@ def load_splits(config, workdir):
 
 
 def make_tokenizer(config, workdir, task, splits):
-  """config.data's tokenizer; a SentencePiece model to train trains on the task's training text
-  (process 0 first, the other hosts then read its cache)."""
-  if config.data.tokenizer == 'byte' or config.data.sentencepiece.model:
-    return tokenizers.get(config.data)
+  """config.data's tokenizer. A run's own copy of its SentencePiece model (in its workdir) is the
+  run's tokenizer in every mode; otherwise a model to train trains on the task's training text
+  (process 0 first, the other hosts then read its cache). Without splits and without a copy
+  (a dry run) nothing is trained: the tokenizer only knows its vocabulary size."""
+  d = config.data
+  if d.tokenizer == 'byte' or d.sentencepiece.model:
+    return tokenizers.get(d)
   run_copy = os.path.join(workdir, tokenizers.RUN_FILE)
-  if not splits and os.path.isfile(run_copy):  # Sampling a run: the model it trained with.
-    return tokenizers.load(run_copy)
-  texts, fingerprint = (task.training_text(config, splits)
-                        if splits and hasattr(task, 'training_text') else (None, ''))
-  return _on_process_0_first(lambda: tokenizers.get(
-      config.data, texts, fingerprint, data_dir_of(config, workdir)))
+  if workdir and os.path.isfile(run_copy):
+    return _same_vocabulary(tokenizers.load(run_copy), d, (
+        f'the run in {workdir} trained with the SentencePiece model saved as {run_copy}',
+        'its embeddings belong to that vocabulary. Restore vocab_size, or use a new --workdir'))
+  if not splits:
+    return tokenizers.Untrained(d.sentencepiece.vocab_size)
+  texts, fingerprint = task.training_text(config, splits)
+  # A named dataset's data dir may be shared or read-only: its model is cached with the run.
+  cache = os.path.join(workdir, 'data') if d.tfds_name else data_dir_of(config, workdir)
+  tokenizer = _on_process_0_first(lambda: tokenizers.get(d, texts, fingerprint, cache))
+  return _same_vocabulary(tokenizer, d, (
+      f'the SentencePiece model trained as {tokenizer.path}',
+      'SentencePiece could not make more pieces from this text: lower vocab_size to that, or '
+      'give more text'))
+
+
+def _same_vocabulary(tokenizer, d, what):
+  """`tokenizer`, if it has config.data.sentencepiece.vocab_size pieces; else ConfigError
+  saying `what` = (whose model it is, the fix)."""
+  if tokenizer.vocab_size != d.sentencepiece.vocab_size:
+    raise checks.ConfigError(f'{what[0]} has {tokenizer.vocab_size} pieces, not '
+                             f'config.data.sentencepiece.vocab_size={d.sentencepiece.vocab_size}'
+                             f': {what[1]}.')
+  return tokenizer
 
 
 def setup(config, workdir, devices=None, with_data=True):
   """Validates the whole config, then builds data, model, optimizer and mesh.
 
-  `devices` (default: all) are the devices the mesh spans. Without data (sampling) the splits
-  are empty and the sequence length is the model's; a SentencePiece model then comes from the
-  data dir's cache (or config.data.sentencepiece.model).
+  `devices` (default: all) are the devices the mesh spans. Without data (sampling, a dry run)
+  the splits are empty and the sequence length is the model's.
   """
   devices = jax.devices() if devices is None else devices
   checks.check_config(config, len(devices))
@@ -87,17 +107,9 @@ def setup(config, workdir, devices=None, with_data=True):
   if getattr(model, 'SEQ2SEQ', False):  # Prompts become the encoder's source.
     fmt = dataclasses.replace(fmt, seq2seq=True)
   splits, seq_len = {}, config.model.max_len
-  if with_data or (config.data.tokenizer == 'sentencepiece' and not
-                   config.data.sentencepiece.model and
-                   not os.path.isfile(os.path.join(workdir, tokenizers.RUN_FILE))):
+  if with_data:
     splits = load_splits(config, workdir)
   tokenizer = make_tokenizer(config, workdir, task, splits)
-  if tokenizer.vocab_size != tokenizers.vocab_size(config.data):
-    raise checks.ConfigError(
-        f'the SentencePiece model {getattr(tokenizer, "path", "")} has {tokenizer.vocab_size} '
-        f'pieces, not config.data.sentencepiece.vocab_size={config.data.sentencepiece.vocab_size}'
-        ' (SentencePiece could not make that many from this text): lower vocab_size to '
-        f'{tokenizer.vocab_size} or give more text.')
   if with_data:
     seq_len = config.data.seq_len or max(
         task.example_length(r, fmt) for r in pipeline.read_all(splits['train']))
@@ -106,8 +118,6 @@ def setup(config, workdir, devices=None, with_data=True):
                                f'config.model.max_len={config.model.max_len}.')
     if hasattr(task, 'check_data'):
       task.check_data(config, splits, tokenizer, seq_len)
-  else:
-    splits = {}
   return Setup(config=config, model=model,
                model_cfg=model.Config.from_config(config.model, tokenizer.vocab_size),
                task=task, tokenizer=tokenizer, fmt=fmt, splits=splits,
