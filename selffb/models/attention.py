@@ -24,6 +24,7 @@ def _mask(valid_BxS, q_slot_T, seg_BxS=None):
   causal_TxS = jnp.arange(valid_BxS.shape[1])[None, :] <= q_slot_T[:, None]
   mask_BxTxS = causal_TxS[None] & valid_BxS[:, None, :]
   if seg_BxS is not None:
+    seg_BxS = jnp.asarray(seg_BxS)  # (A numpy array cannot be indexed by traced slots.)
     mask_BxTxS &= seg_BxS[:, q_slot_T][:, :, None] == seg_BxS[:, None, :]
   return mask_BxTxS[:, None]
 

@@ -20,8 +20,14 @@ from selffb.models import decoder
 from selffb.models import layers
 
 OPTIONS = {'param_dtype': tuple(layers.DTYPES), 'dtype': tuple(layers.DTYPES)}
-example_inputs, forward = decoder.example_inputs, decoder.forward
+example_inputs = decoder.example_inputs
 prefill, decode_step = decoder.prefill, decoder.decode_step
+
+
+def forward(module, params, batch, rngs=None):
+  """The outputs for a batch's 'inputs' and 'positions' (no packed rows: the carry would cross
+  documents)."""
+  return module.apply({'params': params}, batch['inputs'], batch.get('positions'), rngs=rngs)[0]
 
 
 @dataclasses.dataclass(frozen=True)
