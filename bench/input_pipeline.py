@@ -53,7 +53,8 @@ class Variant:
     self.s = s = setup_lib.setup(c, data_dir, jax.devices()[:1])
     source = s.splits['train']
     if args.paragraphs:  # Short documents: where packing saves the most padding.
-      source = pipeline.ListSource([p for d in source.records for p in d.split('\n\n') if p.strip()])
+      source = pipeline.ListSource([p for d in source.records for p in d.split('\n\n')
+                                    if p.strip()])
     self.dataset = s.task.train_dataset(source, s.tokenizer, s.seq_len, args.batch, c.seed,
                                         fmt=s.fmt)
     self.it = iter(self.dataset)

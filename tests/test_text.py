@@ -200,7 +200,8 @@ def test_local_files_give_both_splits_from_each_file(tmp_path):
   c = text_config(tmp_path, str(tmp_path / '*.txt'))
   c.data.text.validation_fraction = 0.25
   splits = lm.load_splits(c, '')
-  train, val = (s.__getitems__(list(range(len(s)))) for s in (splits['train'], splits['validation']))
+  train, val = (s.__getitems__(list(range(len(s))))
+                for s in (splits['train'], splits['validation']))
   assert len(train) == len(val) == 2
   assert train[0] + val[0] == ''.join(f'line {i} of a\n' for i in range(20))
   assert val[0].startswith('line 16 of a\n')  # Cut after a line break.

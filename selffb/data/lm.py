@@ -17,6 +17,7 @@ import grain.experimental as grain_exp
 import numpy as np
 
 from selffb import errors
+from selffb.data import pipeline
 
 LONG_DOCS = ('split', 'truncate', 'drop')
 
@@ -125,13 +126,10 @@ def train_batches(source, tokenizer, spec, batch_size, seed, process_index=0, pr
                   shuffle_window=0, workers=0):
   """Endless batches of this host's `batch_size / process_count` rows; with `workers` > 0 they
   are made by that many worker processes (grain's multiprocess prefetch)."""
-  if batch_size % process_count:
-    raise ValueError(f'config.data.batch_size={batch_size} is not divisible by the '
-                     f'{process_count} hosts.')
+  per_host = pipeline.host_rows(batch_size, process_count)
   if len(source) < process_count:
     raise ValueError(f'the training split has {len(source)} documents, fewer than the '
                      f'{process_count} hosts reading it.')
-  per_host = batch_size // process_count
   ds = rows(source, tokenizer, spec, seed=seed, process_index=process_index,
             process_count=process_count, shuffle_window=shuffle_window,
             bins=max(per_host, 8)).batch(per_host, drop_remainder=True)
@@ -146,12 +144,11 @@ def eval_batches(source, tokenizer, spec, batch_size, max_rows):
   it = iter(rows(source, tokenizer, spec, shuffle=False, repeat=False))  # Fixed bins: the
   made = [row for _, row in zip(range(max_rows), it)]  # same rows at any eval batch size.
   if not made:
-    raise errors.InputError('the validation split gives no rows (every document dropped as longer than '
-                     "seq_len? set config.data.text.long_docs='split').")
+    raise errors.InputError('the validation split gives no rows (every document dropped as '
+                            "longer than seq_len? set config.data.text.long_docs='split').")
   batches = []
   for start in range(0, len(made), batch_size):
-    chunk = made[start:start + batch_size]
-    chunk = chunk + [chunk[0]] * (batch_size - len(chunk))
+    chunk = pipeline.pad_rows(made[start:start + batch_size], batch_size)
     batch = {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}
     batch['valid'] = (np.arange(batch_size) < len(made) - start).astype(np.float32)
     batches.append(batch)

@@ -57,16 +57,21 @@ def pad_rows(rows, size):
   return list(rows) + [rows[0]] * (size - len(rows))
 
 
+def host_rows(batch_size, process_count):
+  """The rows of each global batch one host makes."""
+  if batch_size % process_count:
+    raise ValueError(f'config.data.batch_size={batch_size} is not divisible by the '
+                     f'{process_count} hosts.')
+  return batch_size // process_count
+
+
 def train_dataset(source, encode, batch_size, seed, process_index=0, process_count=1):
   """An endless, per-epoch reshuffled grain dataset of this host's share of each global batch:
   `encode(records, batch_index, rows)` makes it from the records, `rows` being the slice of the
   global batch this host holds (so per-batch randomness can agree across hosts)."""
-  if batch_size % process_count:
-    raise ValueError(f'config.data.batch_size={batch_size} is not divisible by the '
-                     f'{process_count} hosts.')
+  per_host = host_rows(batch_size, process_count)
   if len(source) == 0:
     raise ValueError('the training split is empty.')
-  per_host = batch_size // process_count
   rows = slice(process_index * per_host, (process_index + 1) * per_host)
 
   def load(index, indices):

@@ -67,14 +67,6 @@ def text_files(paths):
   return list(dict.fromkeys(files))
 
 
-def read_text_file(path, errors_policy='error'):
-  with open(path, 'rb') as f:
-    raw = f.read()
-  if not raw.strip():
-    raise errors.InputError(f'text file {path} is empty; remove it from config.data.text.paths.')
-  return decode(raw, errors_policy, f'text file {path}')
-
-
 def _read_files(paths, errors_policy):
   """{path: text} of the files `paths` names. A file named outright must hold text; empty files
   a glob matches (an empty __init__.py) are skipped, and counted in the log."""
@@ -83,12 +75,14 @@ def _read_files(paths, errors_policy):
   texts, empty = {}, []
   for path in text_files(paths):
     with open(path, 'rb') as f:
-      if not f.read(1 << 16).strip() and os.path.getsize(path) < (1 << 16):
-        if path in named:
-          read_text_file(path)  # Raises, naming the file.
-        empty.append(path)
-        continue
-    texts[path] = read_text_file(path, errors_policy)
+      raw = f.read()
+    if not raw.strip():
+      if path in named:
+        raise errors.InputError(f'text file {path} is empty; remove it from '
+                                'config.data.text.paths.')
+      empty.append(path)
+      continue
+    texts[path] = decode(raw, errors_policy, f'text file {path}')
   if empty:
     logging.info('text: skipped %d empty file(s) the globs matched (e.g. %s)', len(empty),
                  empty[0])
@@ -108,7 +102,7 @@ def split_tail(text, fraction):
 
 
 def local_splits(t):
-  """{'train', 'validation'} Documents of config.data.text's (`t`) files, and a fingerprint
+  """{'train', 'validation'} documents of config.data.text's (`t`) files, and a fingerprint
   (paths, sizes, times) naming that text."""
   texts = _read_files(t.paths, t.encoding_errors)
   files = list(texts)
@@ -126,13 +120,12 @@ def local_splits(t):
   return {'train': pipeline.ListSource(train), 'validation': pipeline.ListSource(validation)}, stamp
 
 
-def tfds_splits(d, prepare=None):
+def tfds_splits(d):
   """{'train', 'validation'} TfdsDocuments of config.data.tfds_name (`d` is config.data), and
   a fingerprint naming that text."""
   t = d.text
-  prepare = t.prepare if prepare is None else prepare
   key, dir_key = 'config.data.tfds_name', 'config.data.data_dir'
-  train, features = named.open_split(d.tfds_name, t.train_split, d.data_dir, key, prepare,
+  train, features = named.open_split(d.tfds_name, t.train_split, d.data_dir, key, t.prepare,
                                      'config.data.text.train_split', dir_key)
   feature = t.feature or TEXT_FEATURES.get(d.tfds_name.split('/')[0].split(':')[0], 'text')
   if feature not in features:

@@ -46,7 +46,6 @@ class ByteTokenizer(_Tokenizer):
   U+FFFD)."""
   offset = 3
   vocab_size = 256 + 3
-  name = 'byte'
 
   def encode(self, text):
     raw = text.encode('utf-8') if isinstance(text, str) else bytes(text)
@@ -63,7 +62,7 @@ class SentencePieceTokenizer(_Tokenizer):
   def __init__(self, model_proto, path=''):
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
     self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    self.proto, self.path, self.name = model_proto, path, 'sentencepiece'
+    self.proto, self.path = model_proto, path
     self.vocab_size = self.sp.get_piece_size()
     ids = (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id())
     if ids != (PAD, BOS, EOS):
@@ -88,7 +87,7 @@ class SentencePieceTokenizer(_Tokenizer):
 
 class Untrained:
   """A SentencePiece model not trained yet (a dry run reads only its vocabulary size)."""
-  pad_id, bos_id, eos_id, name, path = PAD, BOS, EOS, 'sentencepiece', ''
+  pad_id, bos_id, eos_id = PAD, BOS, EOS
 
   def __init__(self, vocab_size):
     self.vocab_size = vocab_size
@@ -190,9 +189,6 @@ def get(d, texts=None, fingerprint='', cache_dir=''):
     return ByteTokenizer()
   if d.sentencepiece.model:
     return load(d.sentencepiece.model)
-  if texts is None:
-    raise errors.InputError(f"config.data.task={d.task!r} cannot train a SentencePiece model "
-                            '(it has no training text); give config.data.sentencepiece.model.')
   settings = _train_settings(d.sentencepiece)
   key = hashlib.sha256((json.dumps(settings, sort_keys=True) + fingerprint).encode())
   path = os.path.join(cache_dir, 'sentencepiece', f'sp_{key.hexdigest()[:16]}.model')
@@ -209,14 +205,11 @@ RUN_FILE = 'tokenizer.model'  # A run's copy of its SentencePiece model, in its 
 
 def check_run_copy(tokenizer, workdir, resuming):
   """Keeps a copy of a SentencePiece model in the run's workdir: a resumed run must use the
-  model its checkpoint was trained with (raises InputError naming both files otherwise)."""
-  path = os.path.join(workdir, RUN_FILE)
+  model its checkpoint was trained with (raises InputError naming both files otherwise; a
+  switch to or from bytes is a changed data.tokenizer, which checks.resume_changes refuses)."""
   if not isinstance(tokenizer, SentencePieceTokenizer):
-    if resuming and os.path.isfile(path):
-      raise errors.InputError(f'the checkpoint in {workdir} was trained with the SentencePiece '
-                              f"model {path}, not the {tokenizer.name} tokenizer: set "
-                              "config.data.tokenizer='sentencepiece', or use a new --workdir.")
     return
+  path = os.path.join(workdir, RUN_FILE)
   if resuming and os.path.isfile(path):
     with open(path, 'rb') as f:
       saved = f.read()

@@ -8,11 +8,11 @@ from selffb import sampling
 
 class Evaluator:
   """config.evals entry of type 'continuations': {'samples': [{'prompt', 'continuation'}],
-  'mean_logprob'} for the first split `splits` matches (a task with documents: 'text')."""
+  'mean_logprob'} for the split `splits` names (a task with documents: 'text'); optional keys
+  `num` (4) and `prompt_tokens` (16)."""
 
   def __init__(self, spec, s):
-    self.s, self.spec = s, spec
-    self.split = spec.splits if spec.splits in s.splits else 'validation'
+    self.s, self.split = s, spec.splits
     self.num, self.prompt_tokens = spec.get('num', 4), spec.get('prompt_tokens', 16)
 
   def _prompts(self):

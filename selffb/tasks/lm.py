@@ -16,7 +16,6 @@ BATCH_KEYS = seq.BATCH_KEYS + ('segments',)
 EVAL_KEYS = seq.EVAL_KEYS + ('segments',)
 loss_fn, eval_sums = seq.loss_fn, seq.eval_sums
 SUPPORTS_SELFTRAIN = False
-PACKS = True  # Rows may hold several documents (model kinds need SEGMENTS).
 DATA_KEYS = ('data.text.', 'data.tfds_name', 'data.seq_len', 'data.tokenizer',
              'data.sentencepiece.', 'data.workers')  # What makes the rows (and their order).
 DECODER_ONLY = True  # Rows of documents: no source for an encoder-decoder.
@@ -45,16 +44,17 @@ def batch_format(config):
 
 
 def packs(config):
+  """Whether rows hold several documents (then the model kind needs SEGMENTS)."""
   return config.data.text.pack
 
 
 def load_splits(config, data_dir):
-  """{'train', 'validation'} documents; each has a `fingerprint` naming its text."""
+  """{'train', 'validation'} documents; the training split's `fingerprint` names its text (the
+  key of a SentencePiece model trained on it)."""
   del data_dir  # Local files are read in place; a named dataset lives where tfds prepared it.
   d = config.data
   splits, fingerprint = text.tfds_splits(d) if d.tfds_name else text.local_splits(d.text)
-  for source in splits.values():
-    source.fingerprint = fingerprint
+  splits['train'].fingerprint = fingerprint
   return splits
 
 
@@ -75,10 +75,10 @@ def check_data(config, splits, tokenizer, seq_len):
                counts['documents'], counts['long'], seq_len, fmt.long_docs, counts['pieces'],
                counts['dropped_tokens'])
   if fmt.long_docs == 'drop' and counts['long'] == counts['documents']:
-    raise errors.InputError(f"config.data.text.long_docs='drop' drops every one of the first "
-                     f"{counts['documents']} training documents (all longer than seq_len="
-                     f"{seq_len}): use 'split' or 'truncate', or raise config.data.seq_len.")
-  return counts
+    raise errors.InputError(
+        f"config.data.text.long_docs='drop' drops every one of the first {counts['documents']} "
+        f"training documents (all longer than seq_len={seq_len}): use 'split' or 'truncate', or "
+        'raise config.data.seq_len.')
 
 
 def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
