@@ -2,9 +2,10 @@
 `decoder.py`; add a kind by writing such a module and naming it here (docs/extending.md)."""
 from selffb.models import decoder
 from selffb.models import encdec
+from selffb.models import encoder
 from selffb.models import lstm
 
-MODELS = {'decoder': decoder, 'encdec': encdec, 'lstm': lstm}
+MODELS = {'decoder': decoder, 'encoder': encoder, 'encdec': encdec, 'lstm': lstm}
 
 
 def get(kind):

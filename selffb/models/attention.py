@@ -172,11 +172,13 @@ class Attention(nn.Module):
   skips the key and value projections: a decoder computes them once per source. With RoPE, the
   queries rotate by `pos_BxT` and the keys by `mem_pos_BxS`, so the ids of the two sides line
   up (in the aligned addition layout the token that writes answer digit i has the id of
-  operand digit i)."""
+  operand digit i). `seg_BxS`, the segment ids of a packed row attending to itself, keeps each
+  query in its own segment."""
   cfg: object
 
   @nn.compact
-  def __call__(self, x_BxTxE, pos_BxT, memory_BxSxE=None, mem_pos_BxS=None, kv=None):
+  def __call__(self, x_BxTxE, pos_BxT, memory_BxSxE=None, mem_pos_BxS=None, kv=None,
+               seg_BxS=None):
     cfg = self.cfg
     heads = (cfg.num_heads, cfg.head_dim)
     q_BxTxHxD = layers.dense(cfg, heads, ('embed', 'heads', 'head_dim'), 'query')(x_BxTxE)
@@ -189,8 +191,10 @@ class Attention(nn.Module):
         k_BxSxHxD = layers.rope(k_BxSxHxD, mem_pos_BxS, cfg.rope_base)
       kv = (jnp.swapaxes(k_BxSxHxD, 1, 2), jnp.swapaxes(v_BxSxHxD, 1, 2), mem_pos_BxS >= 0)
     k_BxHxSxD, v_BxHxSxD, valid_BxS = kv
-    out_BxHxTxD = _attend(jnp.swapaxes(q_BxTxHxD, 1, 2), k_BxHxSxD, v_BxHxSxD,
-                          valid_BxS[:, None, None, :])[0]
+    mask_Bx1xTxS = valid_BxS[:, None, None, :]
+    if seg_BxS is not None:  # Self-attention over packed rows: queries and keys share segments.
+      mask_Bx1xTxS = mask_Bx1xTxS & (seg_BxS[:, :, None] == seg_BxS[:, None, :])[:, None]
+    out_BxHxTxD = _attend(jnp.swapaxes(q_BxTxHxD, 1, 2), k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS)[0]
     out_BxTxE = layers.dense(cfg, cfg.d_model, ('heads', 'head_dim', 'embed'), 'out',
                              in_axis=(-2, -1))(jnp.swapaxes(out_BxHxTxD, 1, 2))
     return out_BxTxE, kv

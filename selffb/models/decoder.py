@@ -20,7 +20,7 @@ from selffb import errors
 from selffb.models import attention
 from selffb.models import layers
 
-OPTIONS = {'mlp': ('gelu', 'swiglu'), 'norm': ('layernorm', 'rmsnorm'),
+OPTIONS = {'mlp': ('gelu', 'gelu_exact', 'swiglu'), 'norm': ('layernorm', 'rmsnorm'),
            'positions': ('rope', 'learned', 'none'), 'param_dtype': tuple(layers.DTYPES),
            'dtype': tuple(layers.DTYPES), 'remat': tuple(layers.REMAT_POLICIES),
            'attention': ('einsum', 'dot_product')}

@@ -52,11 +52,19 @@ def dense(cfg, features, axes, name, in_axis=-1, bias=None):
 def norm(cfg, name):
   """cfg.norm ('layernorm' or 'rmsnorm') over the embedding axis."""
   scale = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
+  eps = getattr(cfg, 'norm_eps', 1e-6)  # flax's default; an imported BERT sets its own.
   if cfg.norm == 'rmsnorm':
-    return nn.RMSNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scale_init=scale, name=name)
+    return nn.RMSNorm(epsilon=eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                      scale_init=scale, name=name)
   bias = nn.with_logical_partitioning(nn.initializers.zeros, ('embed',))
-  return nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scale_init=scale,
-                      bias_init=bias, name=name)
+  return nn.LayerNorm(epsilon=eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                      scale_init=scale, bias_init=bias, name=name)
+
+
+def activation(cfg):
+  """The MLP's activation: GELU, tanh-approximated ('gelu', also under 'swiglu's heads) or
+  exact ('gelu_exact', BERT's)."""
+  return lambda x: nn.gelu(x, approximate=cfg.mlp != 'gelu_exact')
 
 
 def embed(cfg, num, axes, name):
@@ -67,7 +75,7 @@ def embed(cfg, num, axes, name):
 
 
 class Mlp(nn.Module):
-  """GELU or SwiGLU feed-forward: E -> M -> E."""
+  """GELU (tanh-approximated or exact) or SwiGLU feed-forward: E -> M -> E."""
   cfg: object
 
   @nn.compact
@@ -78,7 +86,7 @@ class Mlp(nn.Module):
       up_BxTxM = dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_BxTxE)
       h_BxTxM = nn.silu(gate_BxTxM) * up_BxTxM
     else:
-      h_BxTxM = nn.gelu(dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_BxTxE))
+      h_BxTxM = activation(cfg)(dense(cfg, cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_BxTxE))
     return dense(cfg, cfg.d_model, ('mlp', 'embed'), 'down')(h_BxTxM)
 
 
