@@ -14,7 +14,7 @@ def get_config(arg=None):
   c.seed = 0  # Seeds parameter init, data generation and order, dropout.
 
   c.model = ml_collections.ConfigDict()
-  c.model.kind = 'decoder'  # selffb/models: 'decoder', 'encdec' or 'lstm'. Vocab: tokenizer's.
+  c.model.kind = 'decoder'  # selffb/models: decoder, encoder, encdec or lstm. Vocab: tokenizer's.
   c.model.num_layers = 4  # Transformer blocks.
   c.model.num_heads = 4  # Attention heads; must divide d_model.
   c.model.d_model = 64  # Residual stream width.
@@ -33,10 +33,17 @@ def get_config(arg=None):
   c.model.scan_layers = False  # nn.scan over blocks (compiles once; unrolled ran faster on a CPU).
   c.model.attention = 'einsum'  # 'einsum'/'dot_product' (jax.nn.dot_product_attention; GPU: cuDNN).
   c.model.attention_block = 128  # einsum, no cache: q-blocks this long skip later keys; 0 = 1 block
+  c.model.head = 'mlm'  # kind='encoder': 'mlm', 'classify' or 'tag' (tasks mlm, classify, ner).
+  c.model.num_labels = 0  # Encoder head 'classify'/'tag': the task's label count.
+  c.model.pooling = 'first'  # 'classify': first token via a tanh dense (BERT's pooler) or 'mean'.
+  c.model.norm_position = 'pre'  # kind='encoder': 'pre'-norm, or 'post' (BERT: LN after adds).
+  c.model.norm_eps = 1e-6  # kind='encoder': norm epsilon (BERT: 1e-12).
+  c.model.type_vocab_size = 0  # kind='encoder': token-type embeddings (BERT: 2); 0 for none.
+  c.model.init_from = ''  # Start from a run's workdir (best params) or a HF BERT dir; '': scratch.
 
   c.data = ml_collections.ConfigDict()
-  c.data.task = 'addition'  # Task (selffb/tasks): addition, text, strings, pairs (tfds), feedback.
-  c.data.tokenizer = 'byte'  # 'byte' (256 bytes + 3 specials) or 'sentencepiece' (see below).
+  c.data.task = 'addition'  # selffb/tasks: addition text strings pairs feedback mlm classify ner
+  c.data.tokenizer = 'byte'  # 'byte' (256 bytes + 3 specials), 'sentencepiece' or 'wordpiece'.
   c.data.tfds_name = ''  # task='text': a prepared tfds dataset by name (e.g. 'lm1b', 'wiki40b/en').
   c.data.data_dir = ''  # tfds_name's data dir ('' = tfds's); else data written ('' <workdir>/data).
   c.data.workers = 0  # task='text': worker processes making batches (grain mp_prefetch); 0: none.
@@ -71,6 +78,23 @@ def get_config(arg=None):
   c.data.sentencepiece.character_coverage = 0.9995  # Share of characters covered (1.0: all).
   c.data.sentencepiece.max_sentences = 200_000  # Cap on training lines (sampled by documents).
   c.data.sentencepiece.byte_fallback = True  # Unknown characters as UTF-8 byte pieces (no unk).
+  c.data.wordpiece = ml_collections.ConfigDict()  # data.tokenizer='wordpiece' (imported BERT).
+  c.data.wordpiece.path = ''  # Dir with tokenizer.json or vocab.txt (+ tokenizer_config.json).
+  c.data.mlm = ml_collections.ConfigDict()  # task='mlm': masked-LM on config.data.text's documents.
+  c.data.mlm.rate = 0.15  # Share of (non-special) tokens chosen as targets.
+  c.data.mlm.mask = 0.8  # Of the chosen, share replaced by the mask token.
+  c.data.mlm.random = 0.1  # Of the chosen, share replaced by a random token (the rest kept).
+  c.data.mlm.whole_word = False  # Choose whole words (all their pieces) instead of tokens.
+  c.data.labelled = ml_collections.ConfigDict()  # tasks 'classify' and 'ner': labelled examples.
+  c.data.labelled.tfds_name = ''  # '' built-in synthetic; ner: 'conll2003'; classify: any tfds.
+  c.data.labelled.text_feature = ''  # classify: text ('' 'text'); ner: the words ('' 'tokens').
+  c.data.labelled.label_feature = ''  # classify: class label ('' 'label'); ner: tags ('' 'ner').
+  c.data.labelled.train_split = 'train'  # tfds split syntax, e.g. 'train[:90%]'.
+  c.data.labelled.validation_split = 'validation'  # The validation split (early stopping).
+  c.data.labelled.test_split = 'test'  # Scored by config.evals as split 'test'.
+  c.data.labelled.num_train = 4_000  # Synthetic: training examples.
+  c.data.labelled.num_validation = 500  # Synthetic: validation examples.
+  c.data.labelled.num_test = 500  # Synthetic: test examples.
   c.data.strings = ml_collections.ConfigDict()  # task='strings': reverse or sort (seq2seq).
   c.data.strings.op = 'reverse'  # 'reverse' or 'sort' the prompt's string.
   c.data.strings.alphabet = 'abcdefghij'  # The strings' symbols.
@@ -141,6 +165,8 @@ def get_config(arg=None):
   c.optim.feedback_ema = 0.99  # Decay of the running means EMA(F) and EMA(r) of the feedback scale.
   c.optim.feedback_scale_min = 0.5  # Lower clip of the feedback scale.
   c.optim.feedback_scale_max = 2.0  # Upper clip of the feedback scale.
+  c.optim.freeze = 'none'  # Encoder: none, head_only, top_k (head + top layers), embeddings.
+  c.optim.top_k = 2  # freeze='top_k': the top layers that train.
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1_000  # Optimizer steps.
@@ -149,6 +175,7 @@ def get_config(arg=None):
   c.train.checkpoint_every = 500  # Steps between checkpoints (one is always written at the end).
   c.train.max_checkpoints = 2  # Checkpoints kept on disk.
   c.train.patience = 0  # Evals w/o val-loss improvement before stop; 0 disables.
+  c.train.select_metric = ''  # Best params, early stop: '' val CE; 'f1'/'accuracy' (higher better).
   c.train.grad_accum_steps = 1  # Microbatches per step; the batch is split, gradients summed.
   c.train.max_nonfinite_steps = 5  # Consecutive skipped (non-finite) steps before the run stops.
   c.train.xla_cpu_onednn = True  # On x86 CPUs oneDNN runs the train and eval steps' dots.

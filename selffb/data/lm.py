@@ -123,9 +123,11 @@ def rows(source, tokenizer, spec, *, seed=0, shuffle=True, repeat=True, process_
 
 
 def train_batches(source, tokenizer, spec, batch_size, seed, process_index=0, process_count=1,
-                  shuffle_window=0, workers=0):
-  """Endless batches of this host's `batch_size / process_count` rows; with `workers` > 0 they
-  are made by that many worker processes (grain's multiprocess prefetch)."""
+                  shuffle_window=0, workers=0, transform=None):
+  """Endless batches of this host's `batch_size / process_count` rows, each passed through
+  `transform(batch, rng)` if given (a generator seeded by the seed, the host and the batch's
+  index, so resuming redraws nothing differently); with `workers` > 0 they are made by that
+  many worker processes (grain's multiprocess prefetch)."""
   per_host = pipeline.host_rows(batch_size, process_count)
   if len(source) < process_count:
     raise ValueError(f'the training split has {len(source)} documents, fewer than the '
@@ -133,6 +135,8 @@ def train_batches(source, tokenizer, spec, batch_size, seed, process_index=0, pr
   ds = rows(source, tokenizer, spec, seed=seed, process_index=process_index,
             process_count=process_count, shuffle_window=shuffle_window,
             bins=max(per_host, 8)).batch(per_host, drop_remainder=True)
+  if transform is not None:
+    ds = ds.random_map(transform, seed=seed * 65_537 + process_index)
   if workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return ds

@@ -79,3 +79,19 @@ def open_split(name, split, data_dir, key, prepare=False, split_key='the split',
       f'{key}={name!r} split {split!r} cannot be read from '
       f'{data_dir or "the default tfds data dir"} ({type(failure).__name__}: '
       f'{str(failure).splitlines()[0][:160]}): {_how_to_prepare(name, data_dir, dir_key)}.')
+
+
+def open_labelled(name, split, data_dir, label_feature, key, split_key, dir_key):
+  """open_split for a dataset of labelled examples: (the split's Source, the names of the
+  `label_feature` classes, a ClassLabel or a sequence of them)."""
+  source, features = open_split(name, split, data_dir, key, False, split_key, dir_key)
+  if label_feature not in features:
+    raise errors.InputError(f'{key}={name!r} has no feature {label_feature!r} (its features: '
+                            f'{features}): set config.data.labelled.label_feature.')
+  feature = tfds.builder(name, data_dir=os.path.expanduser(data_dir) or None).info.features[
+      label_feature]
+  feature = getattr(feature, 'feature', feature)  # A Sequence's elements.
+  if not hasattr(feature, 'names'):
+    raise errors.InputError(f'{key}={name!r}: feature {label_feature!r} is not a ClassLabel '
+                            '(or a sequence of them): set config.data.labelled.label_feature.')
+  return source, list(feature.names)

@@ -23,8 +23,11 @@ MODEL_TYPES = ('unigram', 'bpe')
 
 class _Tokenizer:
   """What every tokenizer shares: `encode_prompt`, `encode_many` and `decode` over its own
-  `encode` and `_decode` (ids without specials -> text)."""
+  `encode` and `_decode` (ids without specials -> text); for masked LM its `special_ids`, the
+  `regular_ids` a random replacement is drawn from, and `word_boundaries()`: [V] bool arrays
+  of the tokens that begin a word and of those after which a word begins."""
   pad_id, bos_id, eos_id = PAD, BOS, EOS
+  special_ids = (PAD, BOS, EOS)
 
   def encode_many(self, texts):
     return [self.encode(t) for t in texts]
@@ -46,6 +49,16 @@ class ByteTokenizer(_Tokenizer):
   U+FFFD)."""
   offset = 3
   vocab_size = 256 + 3
+  regular_ids = np.arange(3, 256 + 3, dtype=np.int32)
+  word_separator = np.asarray([ord(' ') + 3], np.int32)  # Between a tagged text's words.
+
+  def word_boundaries(self):
+    """Whitespace bytes are words of their own; a word begins after one or after a special."""
+    ends = np.zeros(self.vocab_size, bool)
+    ends[[ord(c) + self.offset for c in ' \t\n\r']] = True
+    starts = ends.copy()
+    ends[list(self.special_ids)] = True
+    return starts, ends
 
   def encode(self, text):
     raw = text.encode('utf-8') if isinstance(text, str) else bytes(text)
@@ -71,6 +84,19 @@ class SentencePieceTokenizer(_Tokenizer):
           f'{(PAD, BOS, EOS)}: train it with --pad_id=0 --bos_id=1 --eos_id=2 --unk_id=3, or '
           'leave config.data.sentencepiece.model empty to train one on the training split.')
 
+  special_ids = (PAD, BOS, EOS, UNK)
+
+  @property
+  def regular_ids(self):
+    return np.arange(UNK + 1, self.vocab_size, dtype=np.int32)
+
+  def word_boundaries(self):
+    """A piece with the word marker begins a word; a word begins after '\\n' or a special."""
+    pieces = [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
+    ends = np.asarray([p == '\n' for p in pieces])
+    ends[list(self.special_ids)] = True
+    return np.asarray([p.startswith('\u2581') for p in pieces]) | ends, ends
+
   @staticmethod
   def _text(text):
     return text if isinstance(text, str) else bytes(text).decode('utf-8', 'replace')
@@ -88,6 +114,7 @@ class SentencePieceTokenizer(_Tokenizer):
 class Untrained:
   """A SentencePiece model not trained yet (a dry run reads only its vocabulary size)."""
   pad_id, bos_id, eos_id = PAD, BOS, EOS
+  special_ids = (PAD, BOS, EOS, UNK)
 
   def __init__(self, vocab_size):
     self.vocab_size = vocab_size
@@ -99,13 +126,41 @@ class Untrained:
   encode = encode_many = encode_prompt = decode = _missing
 
 
-TOKENIZERS = ('byte', 'sentencepiece')
+class WithMask:
+  """A tokenizer with one more id, the mask token of masked LM (`mask_id`, after its own);
+  everything else is the wrapped tokenizer's (`base`)."""
+
+  def __init__(self, base):
+    self.base, self.mask_id, self.vocab_size = base, base.vocab_size, base.vocab_size + 1
+    self.special_ids = tuple(base.special_ids) + (self.mask_id,)
+
+  def __getattr__(self, name):
+    return getattr(self.base, name)
+
+  def word_boundaries(self):
+    return tuple(np.append(table, True) for table in self.base.word_boundaries())
+
+  def decode(self, ids):
+    return self.base.decode([i for i in np.asarray(ids).tolist() if i != self.mask_id])
+
+
+def with_mask(tokenizer):
+  """`tokenizer` if it has a mask token (WordPiece), else it with one added."""
+  return tokenizer if hasattr(tokenizer, 'mask_id') else WithMask(tokenizer)
+
+
+TOKENIZERS = ('byte', 'sentencepiece', 'wordpiece')
 
 
 def problems(d):
   """Problems of config.data's tokenizer settings (`d` is config.data)."""
   if d.tokenizer not in TOKENIZERS:
     return [f'config.data.tokenizer={d.tokenizer!r}; choose one of {TOKENIZERS}.']
+  if d.tokenizer == 'wordpiece':
+    return [] if os.path.isdir(d.wordpiece.path) else [
+        f"config.data.tokenizer='wordpiece' reads an imported BERT's vocabulary: "
+        f'config.data.wordpiece.path={d.wordpiece.path!r} is not a directory (give the one with '
+        'tokenizer.json or vocab.txt).']
   if d.tokenizer != 'sentencepiece':
     return []
   s, found = d.sentencepiece, []
@@ -128,17 +183,21 @@ def problems(d):
   return found
 
 
-def vocab_size(d):
-  """The vocabulary of config.data's tokenizer, known before any data is read (a given
-  SentencePiece model is opened; a trained one will have config.data.sentencepiece.vocab_size)."""
+def vocab_size(d, mask=False):
+  """The vocabulary of config.data's tokenizer (`mask`: with a mask token), known before any
+  data is read (a given model is opened; a trained one will have
+  config.data.sentencepiece.vocab_size)."""
   found = problems(d)
   if found:
     raise ValueError(found[0])
+  if d.tokenizer == 'wordpiece':
+    return get(d).vocab_size  # It has its own [MASK].
   if d.tokenizer == 'byte':
-    return ByteTokenizer.vocab_size
-  if d.sentencepiece.model:
-    return load(d.sentencepiece.model).vocab_size
-  return d.sentencepiece.vocab_size
+    size = ByteTokenizer.vocab_size
+  else:
+    size = load(d.sentencepiece.model).vocab_size if d.sentencepiece.model else (
+        d.sentencepiece.vocab_size)
+  return size + bool(mask)
 
 
 def load(path):
@@ -187,6 +246,9 @@ def get(d, texts=None, fingerprint='', cache_dir=''):
     raise ValueError(found[0])
   if d.tokenizer == 'byte':
     return ByteTokenizer()
+  if d.tokenizer == 'wordpiece':
+    from selffb.data import wordpiece  # pylint: disable=g-import-not-at-top
+    return wordpiece.WordPieceTokenizer(d.wordpiece.path)
   if d.sentencepiece.model:
     return load(d.sentencepiece.model)
   settings = _train_settings(d.sentencepiece)
@@ -207,6 +269,7 @@ def check_run_copy(tokenizer, workdir, resuming):
   """Keeps a copy of a SentencePiece model in the run's workdir: a resumed run must use the
   model its checkpoint was trained with (raises InputError naming both files otherwise; a
   switch to or from bytes is a changed data.tokenizer, which checks.resume_changes refuses)."""
+  tokenizer = getattr(tokenizer, 'base', tokenizer)  # WithMask's.
   if not isinstance(tokenizer, SentencePieceTokenizer):
     return
   path = os.path.join(workdir, RUN_FILE)
