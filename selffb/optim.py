@@ -9,6 +9,7 @@ import optax
 FEEDBACK_MODES = ('none', 'relative')
 FEEDBACK_PLACES = ('gradients', 'updates')
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_rsqrt', 'wsd')
+FREEZE = ('none', 'head_only', 'top_k', 'embeddings')
 
 
 class ScaleByFeedbackState(NamedTuple):
@@ -112,7 +113,36 @@ def check_feedback_place(place):
                      f'{FEEDBACK_PLACES}.')
 
 
-def make_optimizer(c, num_steps):
+def check_freeze(c, num_layers):
+  if c.freeze not in FREEZE:
+    raise ValueError(f'config.optim.freeze={c.freeze!r}; choose one of {FREEZE}.')
+  if c.freeze == 'top_k' and not 1 <= c.top_k <= num_layers:
+    raise ValueError(f"config.optim.freeze='top_k' trains the top config.optim.top_k={c.top_k} "
+                     f'layers: use 1..{num_layers} (config.model.num_layers).')
+
+
+def trainable(group, freeze, top_k, num_layers):
+  """Whether a parameter group (a model kind's `param_group`: 'embeddings', a layer index,
+  'head', 'final') trains under config.optim.freeze."""
+  if freeze == 'embeddings':
+    return group != 'embeddings'
+  if freeze == 'head_only':
+    return group == 'head'
+  if freeze == 'top_k':
+    return group in ('head', 'final') or (isinstance(group, int) and group >= num_layers - top_k)
+  return True
+
+
+def freeze_labels(c, param_group, num_layers):
+  """params -> a tree of 'train' / 'frozen' by each parameter's top-level name."""
+  def labels(params):
+    return {name: jax.tree.map(lambda _, label=(
+        'train' if trainable(param_group(name), c.freeze, c.top_k, num_layers) else 'frozen'):
+                               label, sub) for name, sub in params.items()}
+  return labels
+
+
+def make_optimizer(c, num_steps, param_group=None, num_layers=0):
   """`config.optim` -> the chain; `tx.update(grads, state, params, feedback=F_batch)`.
 
   The feedback scale s multiplies the clipped gradients before Adam (`feedback_scale_at=
@@ -120,6 +150,10 @@ def make_optimizer(c, num_steps):
   and the learning rate (`'updates'`): the step is then -lr * (s * adam + wd * p). A step whose
   gradients are not finite is skipped whole (zero update, inner state kept); the training loop
   watches the streak (`nonfinite_streak`) and stops a run that keeps diverging.
+
+  With `config.optim.freeze` the chain runs on the trainable parameters only (optax.partition):
+  the frozen ones get a zero update and no state (no Adam moments); `param_group(name)` (the
+  model kind's) groups the top-level parameter names.
   """
   clip = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm > 0 else []
   feedback = scale_by_feedback(c.feedback_scale, c.feedback_ema, c.feedback_scale_min,
@@ -130,8 +164,15 @@ def make_optimizer(c, num_steps):
   lr = optax.scale_by_learning_rate(make_schedule(c, num_steps))
   check_feedback_place(c.feedback_scale_at)  # Last: the other checks report their keys first.
   middle = [feedback, adam] if c.feedback_scale_at == 'gradients' else [adam, feedback]
-  return optax.apply_if_finite(optax.chain(*clip, *middle, *decay, lr),
-                               max_consecutive_errors=2**30)
+  tx = optax.chain(*clip, *middle, *decay, lr)
+  if c.freeze != 'none':
+    if param_group is None:
+      raise ValueError(f'config.optim.freeze={c.freeze!r} needs a model kind that names its '
+                       "parameter groups: model.kind='encoder'.")
+    check_freeze(c, num_layers)
+    tx = optax.partition({'train': tx, 'frozen': optax.set_to_zero()},
+                         freeze_labels(c, param_group, num_layers))
+  return optax.apply_if_finite(tx, max_consecutive_errors=2**30)
 
 
 def _find(opt_state, cls):

@@ -10,8 +10,10 @@ from selffb import provenance
 from selffb import runtime
 from selffb import tasks
 from selffb.train import checks
+from selffb.train import init_from
 from selffb.train import loop
 from selffb.train import setup as setup_lib
+from selffb.train import state as state_lib
 
 
 def train_and_evaluate(config, workdir):
@@ -24,7 +26,11 @@ def train_and_evaluate(config, workdir):
   s = setup_lib.setup(config, workdir)  # Fails on a bad config before anything is written.
   with runtime.locked(workdir), runtime.StopSignals() as signals:
     provenance.record(workdir)
-    summary, best_params = loop.train_loop(s, workdir, signals)
+    init = None
+    if config.model.init_from:  # The fresh parameters train_loop would make, then the source's.
+      init = init_from.start_params(s, state_lib.init_state(
+          s, jax.random.split(jax.random.key(config.seed))[0])[0].params)
+    summary, best_params = loop.train_loop(s, workdir, signals, init_params=init)
     if 'stopped_by' in summary:
       return summary
     evals = evaluators.build(config.evals, s)
@@ -44,9 +50,12 @@ def train_and_evaluate(config, workdir):
 
 def report(summary, described):
   """Logs the run's summary line and each evaluator's lines."""
+  picked = [k for k in summary if k.startswith('best_val_') and k != 'best_val_ce']
+  best = (f"best val {picked[0][len('best_val_'):]} {summary[picked[0]]:.4f} (val CE "
+          f"{summary['best_val_ce']:.4f})" if picked else
+          f"best val CE {summary['best_val_ce']:.4f}")
   lines = [f"done: {summary['steps']} steps in {loop.fmt_time(summary['wall_s'])} "
-           f"(compile {summary['compile_s'] or 0:.1f}s); best val CE "
-           f"{summary['best_val_ce']:.4f} at step {summary['best_step']}"]
+           f"(compile {summary['compile_s'] or 0:.1f}s); {best} at step {summary['best_step']}"]
   for name, text in described.items():
     lines.append(f'{name} (best parameters): {text}')
   logging.info('\n'.join(lines))

@@ -6,13 +6,16 @@ step, *, fb)` and teacher-forced `eval_sums(outputs, batch)`, and, if SUPPORTS_S
 self-training hooks documented in `addition.py` (docs/extending.md); if SUPPORTS_FINETUNE
 (`--mode=finetune`), the hooks documented in `feedback.py`."""
 from selffb.tasks import addition
+from selffb.tasks import classify
 from selffb.tasks import feedback
 from selffb.tasks import lm
+from selffb.tasks import mlm
+from selffb.tasks import ner
 from selffb.tasks import pairs
 from selffb.tasks import strings
 
 TASKS = {'addition': addition, 'text': lm, 'strings': strings, 'pairs': pairs,
-         'feedback': feedback}
+         'feedback': feedback, 'mlm': mlm, 'classify': classify, 'ner': ner}
 
 
 def get(name):

@@ -21,6 +21,7 @@ from selffb.data import tokenizers
 from selffb.feedback import losses
 from selffb.feedback import records
 from selffb.feedback import scoring
+from selffb.train import init_from
 from selffb.train import ranges
 
 
@@ -51,7 +52,9 @@ def problems(config, num_devices):
   found.extend(ranges.problems(config))
   tokenizer_problems = tokenizers.problems(config.data)
   found.extend(tokenizer_problems)
-  vocab = None if tokenizer_problems else check(lambda: tokenizers.vocab_size(config.data))
+  task = check(lambda: tasks.get(config.data.task))
+  vocab = None if tokenizer_problems else check(lambda: tokenizers.vocab_size(
+      config.data, mask=getattr(task, 'MASK_TOKEN', False)))
   model = check(lambda: models.get(config.model.kind))
   model_cfg = None
   if model is not None and vocab is not None and not any(
@@ -63,12 +66,15 @@ def problems(config, num_devices):
   check(lambda: records.Rules.from_config(config.data.feedback))
   check(lambda: optim.check_feedback_place(config.optim.feedback_scale_at))
   check(lambda: optim.make_optimizer(config.optim, config.train.num_steps))
+  need(config.optim.freeze == 'none' or model is None or hasattr(model, 'param_group'),
+       f'config.optim.freeze={config.optim.freeze!r} needs a model kind that names its parameter '
+       f"groups (model.kind='encoder'), not {config.model.kind!r}.")
+  check(lambda: optim.check_freeze(config.optim, config.model.num_layers))
   check(lambda: sampling.SamplingParams.from_config(config.sample))
   d, m = config.data, config.model
   need(d.seq_len <= m.max_len, f'config.data.seq_len={d.seq_len} exceeds config.model.max_len='
        f'{m.max_len}.')
   found.extend(_mesh_problems(config, num_devices, model, model_cfg))
-  task = check(lambda: tasks.get(d.task))
   if task is not None:
     found.extend(task.config_problems(config))
     need(model is None or not getattr(task, 'packs', lambda c: False)(config) or getattr(
@@ -81,6 +87,11 @@ def problems(config, num_devices):
     need(d.tokenizer == 'byte' or d.sentencepiece.model or hasattr(task, 'training_text'),
          f'config.data.task={d.task!r} has no text to train a SentencePiece model on: give '
          'config.data.sentencepiece.model, or use the byte tokenizer.')
+  select = config.train.select_metric
+  need(not select or task is None or select in getattr(task, 'SCORES', ()),
+       f'config.train.select_metric={select!r}: task {d.task!r} reports '
+       f"{getattr(task, 'SCORES', ())}; use one of those, or '' for the validation CE.")
+  found.extend(init_from.problems(config))
   found.extend(selftrain_problems(config.selftrain))
   found.extend(evaluators.problems(config.evals))
   return list(dict.fromkeys(found))  # A name check and the builder it guards may both report.

@@ -20,6 +20,7 @@ from selffb import runtime
 from selffb import sharding
 from selffb.data import pipeline
 from selffb.data import tokenizers
+from selffb.evaluators import report as report_lib
 from selffb.evaluators import teacher_forced
 from selffb.train import checks
 from selffb.train import state as state_lib
@@ -103,6 +104,7 @@ class _Run:
   progress: Progress
   keep_best: bool
   config_dict: dict
+  scorer: Any  # params -> the task's validation report, for config.train.select_metric.
 
 
 def _check_resume(manager, config, params):
@@ -124,7 +126,8 @@ def _forget_best(book, changed, task):
     logging.warning('the data changed since the checkpoint (%s): the data iterator and early '
                     'stopping start afresh and the best parameters so far are dropped.',
                     ', '.join(data))
-    book.update(best_val_ce=float('inf'), best_step=0, bad_evals=0, stopped=False)
+    book.update(best_val_ce=float('inf'), best_score=-float('inf'), best_step=0, bad_evals=0,
+                stopped=False)
   return bool(data)
 
 
@@ -150,7 +153,8 @@ def _start(s, workdir, init_params, keep_best, progress_args):
   tokenizers.check_run_copy(s.tokenizer, workdir, manager.latest_step() is not None)
   p_train, p_eval = step_lib.compile_steps(s, state_sh)
   train_iter, val_batches = _data(s)
-  book = {'best_val_ce': float('inf'), 'best_step': 0, 'bad_evals': 0, 'stopped': False,
+  book = {'best_val_ce': float('inf'), 'best_score': -float('inf'), 'best_step': 0,
+          'bad_evals': 0, 'stopped': False,
           'rng': np.asarray(jax.random.key_data(step_rng)).tolist()}
   if init_params is not None:
     # A copy: the step donates the state, and the caller may still need init_params.
@@ -160,6 +164,8 @@ def _start(s, workdir, init_params, keep_best, progress_args):
   restored = checkpoint.restore(manager, state, state.params)
   if restored is not None:
     step, state, best_params, data_state, book = restored
+    # Checkpoints written before select_metric existed hold the best val CE alone.
+    book.setdefault('best_score', -book['best_val_ce'])
     if _forget_best(book, changed, s.task):  # Other data: its iterator starts afresh.
       best_params = state.params
     else:
@@ -173,7 +179,9 @@ def _start(s, workdir, init_params, keep_best, progress_args):
              train_iter=train_iter, val_batches=val_batches, manager=manager, p_train=p_train,
              p_eval=p_eval, progress=Progress(writer, s, step, *progress_args),
              keep_best=keep_best,
-             config_dict=json.loads(config.to_json_best_effort()))
+             config_dict=json.loads(config.to_json_best_effort()),
+             scorer=report_lib.scorer(s, val_batches, s.splits['validation'].labels)
+             if config.train.select_metric else None)
   return run, step, n_params
 
 
@@ -185,20 +193,27 @@ def _save(run, step):
 
 
 def _validate(run, step):
-  """Validation CE and friends; keeps the best parameters and counts evaluations without gain."""
+  """Validation CE and friends (and the task's scores, with config.train.select_metric); keeps
+  the best parameters by val CE (lower is better) or by the selected score (higher is better)
+  and counts evaluations without gain."""
   c, book = run.s.config.train, run.book
   val = teacher_forced.evaluate(run.p_eval, run.state.params, run.val_batches, run.s.mesh,
                                 run.s.task.EVAL_KEYS)
+  if run.scorer is not None:
+    val.update(run.scorer(run.state.params)['scores'])
   run.progress.writer.write(step, {f'val/{k}': v for k, v in val.items()})
-  if val['ce'] < book['best_val_ce']:
-    book.update(best_val_ce=val['ce'], best_step=step, bad_evals=0)
+  metric = c.select_metric or 'ce'
+  score = val[c.select_metric] if c.select_metric else -val['ce']
+  if score > book['best_score']:
+    book.update(best_val_ce=val['ce'], best_score=score, best_step=step, bad_evals=0)
     run.best_params = jax.tree.map(jnp.copy, run.state.params)
   else:
     book['bad_evals'] += 1
+  extra = ''.join(f' {k} {val[k]:.4f}' for k in getattr(run.s.task, 'SCORES', ()) if k in val)
   logging.info('eval  step %d | val ce %.4f ppl %.3f token acc %.4f teacher-forced seq exact '
-               '%.4f | best %.4f @ %d',
-               step, val['ce'], val['perplexity'], val['accuracy'], val['exact'],
-               book['best_val_ce'], book['best_step'])
+               '%.4f%s | best %s %.4f @ %d',
+               step, val['ce'], val['perplexity'], val['accuracy'], val['exact'], extra, metric,
+               abs(book['best_score']), book['best_step'])
   if c.patience and book['bad_evals'] >= c.patience:
     book['stopped'] = True
     logging.info('early stop: no validation improvement in %d evaluations', c.patience)
@@ -275,4 +290,6 @@ def train_loop(s, workdir, signals, init_params=None, keep_best=True, label='', 
              'best_val_ce': run.book['best_val_ce'], 'early_stopped': run.book['stopped'],
              'compile_s': run.progress.compile_s, 'wall_s': time.time() - t_start,
              'parameters': n_params}
+  if run.s.config.train.select_metric:
+    summary[f'best_val_{run.s.config.train.select_metric}'] = run.book['best_score']
   return summary, best

@@ -63,8 +63,14 @@ def make_tokenizer(config, workdir, task, splits):
   run's tokenizer in every mode; otherwise a model to train trains on the task's training text
   (process 0 first, the other hosts then read its cache). Without splits and without a copy
   (a dry run) nothing is trained: the tokenizer only knows its vocabulary size."""
+  tokenizer = _tokenizer(config, workdir, task, splits)
+  # A masked-LM task and the tasks that adapt its encoder share one vocabulary, mask included.
+  return tokenizers.with_mask(tokenizer) if getattr(task, 'MASK_TOKEN', False) else tokenizer
+
+
+def _tokenizer(config, workdir, task, splits):
   d = config.data
-  if d.tokenizer == 'byte' or d.sentencepiece.model:
+  if d.tokenizer != 'sentencepiece' or d.sentencepiece.model:
     return tokenizers.get(d)
   run_copy = os.path.join(workdir, tokenizers.RUN_FILE)
   if workdir and os.path.isfile(run_copy):
@@ -122,5 +128,7 @@ def setup(config, workdir, devices=None, with_data=True):
                model_cfg=model.Config.from_config(config.model, tokenizer.vocab_size),
                task=task, tokenizer=tokenizer, fmt=fmt, splits=splits,
                seq_len=seq_len, mesh=mesh,
-               tx=optim.make_optimizer(config.optim, config.train.num_steps),
+               tx=optim.make_optimizer(config.optim, config.train.num_steps,
+                                       getattr(model, 'param_group', None),
+                                       config.model.num_layers),
                fb=losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps))

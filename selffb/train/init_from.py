@@ -1,0 +1,85 @@
+"""config.model.init_from: the parameters a training run starts from, by name, from a run's
+workdir (its best parameters: an MLM run for the adaptation tasks) or a Hugging Face BERT
+checkpoint (models/bert_import.py). Parameters the source has under the same name and shape are
+taken; the others (a new task head) keep their fresh initialisation; the source's own head
+(another task's) is left out. The same name with another shape is an error naming it."""
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from selffb import errors
+from selffb.models import bert_import
+
+
+def problems(config):
+  """Problems of config.model.init_from, known before anything is read."""
+  path = config.model.init_from
+  if not path:
+    return []
+  if bert_import.is_checkpoint(path):
+    try:
+      wrong = bert_import.mismatches(config.model, bert_import.read_config(path))
+    except errors.InputError as e:
+      return [f'config.model.init_from: {e}']
+    return [f'config.model.init_from={path!r} is a BERT checkpoint; the encoder that holds it '
+            f"needs {', '.join(wrong)} (configs/bert_conll2003.py sets them from its "
+            'config.json).'] if wrong else []
+  if not os.path.isdir(os.path.join(path, 'checkpoints')):
+    return [f'config.model.init_from={path!r} is neither a run (a workdir with checkpoints/) '
+            'nor a Hugging Face BERT directory (config.json, model.safetensors).']
+  return []
+
+
+def _run_params(workdir):
+  """The best parameters of the newest checkpoint of a run, as numpy arrays."""
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')))
+  step = manager.latest_step()
+  if step is None:
+    raise errors.InputError(f'config.model.init_from={workdir!r} has no checkpoint: train it '
+                            'first.')
+  best = manager.restore(step, args=ocp.args.Composite(best=ocp.args.StandardRestore())).best
+  logging.info('init_from: the best parameters of %s (checkpoint step %d)', workdir, step)
+  return jax.tree.map(np.asarray, best)
+
+
+def merge(fresh, source, path=()):
+  """(params, taken, kept fresh, left out): `fresh` with every leaf `source` has under the same
+  name and shape."""
+  taken, kept, left = [], [], [f"{'/'.join(path + (k,))}" for k in source if k not in fresh]
+  out = {}
+  for key, value in fresh.items():
+    name = '/'.join(path + (key,))
+    if key not in source:
+      out[key] = value
+      kept.append(name)
+    elif isinstance(value, dict):
+      out[key], *lists = merge(value, source[key], path + (key,))
+      for total, part in zip((taken, kept, left), lists):
+        total.extend(part)
+    elif np.shape(source[key]) != np.shape(value):
+      raise errors.InputError(
+          f'config.model.init_from: parameter {name} is {np.shape(source[key])} there and '
+          f'{np.shape(value)} in this model: use the same config.model sizes and tokenizer '
+          '(the vocabulary, mask token included) as the run or checkpoint it comes from.')
+    else:
+      out[key] = np.asarray(source[key], np.asarray(value).dtype)
+      taken.append(name)
+  return out, taken, kept, left
+
+
+def start_params(s, fresh):
+  """`fresh` (the run's initial parameters) with what config.model.init_from holds."""
+  path = s.config.model.init_from
+  source = (bert_import.load_params(path) if bert_import.is_checkpoint(path)
+            else _run_params(path))
+  params, taken, kept, left = merge(jax.device_get(fresh), source)
+  if not taken:
+    raise errors.InputError(f'config.model.init_from={path!r} shares no parameter with this '
+                            'model.')
+  logging.info('init_from %s: %d tensors loaded; initialised fresh: %s; left out: %s', path,
+               len(taken), sorted({n.split('/')[0] for n in kept}) or 'none',
+               sorted({n.split('/')[0] for n in left}) or 'none')
+  return params
