@@ -168,7 +168,7 @@ def make_optimizer(c, num_steps, param_group=None, num_layers=0):
   if c.freeze != 'none':
     if param_group is None:
       raise ValueError(f'config.optim.freeze={c.freeze!r} needs a model kind that names its '
-                       "parameter groups: model.kind='encoder'.")
+                       "parameter groups: model.kind='encoder' (or freeze='none').")
     check_freeze(c, num_layers)
     tx = optax.partition({'train': tx, 'frozen': optax.set_to_zero()},
                          freeze_labels(c, param_group, num_layers))

@@ -2,6 +2,7 @@
 their ArrayRecord files. Nothing is downloaded unless asked (`prepare`), and every way of
 failing (unknown name, unprepared or TFRecord-only data, unknown split, missing feature) is an
 InputError that names the config key and the fix."""
+import importlib
 import os
 
 from absl import logging
@@ -38,6 +39,21 @@ class Source:
     return [self.source[i] for i in indices]
 
 
+def _builder(name, data_dir):
+  """tfds.builder, after importing the tfds module that defines `name` where tfds's registry
+  does not load it by itself (e.g. conll2003 in tensorflow_datasets.text)."""
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    for group in ('text', 'structured', 'translate', 'summarization', 'question_answering'):
+      try:
+        importlib.import_module(f"tensorflow_datasets.{group}.{name.split('/')[0]}")
+      except ImportError:
+        continue
+      return tfds.builder(name, data_dir=data_dir)
+    raise
+
+
 def open_split(name, split, data_dir, key, prepare=False, split_key='the split',
                dir_key='the data dir'):
   """A prepared dataset's split as a Source and the dataset's feature names; `key`, `split_key`
@@ -46,7 +62,7 @@ def open_split(name, split, data_dir, key, prepare=False, split_key='the split',
   (this needs network)."""
   data_dir = os.path.expanduser(data_dir) or None
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = _builder(name, data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise errors.InputError(
         f'{key}={name!r} is not a dataset tensorflow-datasets knows (its catalog: '
@@ -88,8 +104,7 @@ def open_labelled(name, split, data_dir, label_feature, key, split_key, dir_key)
   if label_feature not in features:
     raise errors.InputError(f'{key}={name!r} has no feature {label_feature!r} (its features: '
                             f'{features}): set config.data.labelled.label_feature.')
-  feature = tfds.builder(name, data_dir=os.path.expanduser(data_dir) or None).info.features[
-      label_feature]
+  feature = _builder(name, os.path.expanduser(data_dir) or None).info.features[label_feature]
   feature = getattr(feature, 'feature', feature)  # A Sequence's elements.
   if not hasattr(feature, 'names'):
     raise errors.InputError(f'{key}={name!r}: feature {label_feature!r} is not a ClassLabel '

@@ -80,6 +80,14 @@ class WordPieceTokenizer:
     specials = set(self.special_ids.tolist())
     return self.tok.decode([i for i in ids if i not in specials], skip_special_tokens=False)
 
+  @property
+  def regular_ids(self):
+    """What a masked LM's random replacement draws from: every token but the specials and
+    BERT's [unusedN] placeholders."""
+    return np.asarray(sorted(i for token, i in self.tok.get_vocab(with_added_tokens=True).items()
+                             if i not in set(self.special_ids.tolist())
+                             and not token.startswith('[unused')), np.int32)
+
   def word_boundaries(self):
     """(starts, ends), bool over the vocabulary: `starts[i]` when token i begins a word (is no
     continuation piece), `ends[i]` when the token after i begins a new word (the specials)."""

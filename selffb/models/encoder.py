@@ -24,7 +24,9 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from selffb import errors
 from selffb.models import attention
+from selffb.models import bert_import
 from selffb.models import decoder
 from selffb.models import layers
 
@@ -57,9 +59,6 @@ class Config(decoder.Config):
     if c.scan_layers:
       raise ValueError("config.model.kind='encoder' runs its layers unrolled: set "
                        'config.model.scan_layers=False.')
-    if c.type_vocab_size < 0 or not c.norm_eps > 0:
-      raise ValueError(f'config.model.type_vocab_size={c.type_vocab_size} must be >= 0 and '
-                       f'norm_eps={c.norm_eps} > 0.')
     return super().from_config(c, vocab_size)
 
 
@@ -121,7 +120,8 @@ class Encoder(nn.Module):
       bias_V = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                                    ('vocab',)),
                           (cfg.vocab_size,), cfg.param_dtype)
-      return {'logits': layers.output_logits(cfg, embed, h_BxTxE) + bias_V.astype(jnp.float32)}
+      return {'logits': layers.output_logits(cfg, embed, h_BxTxE) + bias_V.astype(jnp.float32)[
+          None, None]}
     labels = lambda name: layers.dense(cfg, cfg.num_labels, ('embed', None), name, bias=True)
     if cfg.head == 'tag':
       return {'logits': labels('tagger')(drop(x_BxTxE)).astype(jnp.float32)}
@@ -165,3 +165,22 @@ def param_group(name):
   if name.startswith('layer_'):
     return int(name[len('layer_'):])
   return 'final'
+
+
+def checkpoint_problems(c, path):
+  """None if `path` is not a checkpoint of another library this kind imports (a Hugging Face
+  BERT directory); else the problems of config.model `c` for holding it."""
+  if not bert_import.is_checkpoint(path):
+    return None
+  try:
+    wrong = bert_import.mismatches(c, bert_import.read_config(path))
+  except errors.InputError as e:
+    return [f'config.model.init_from: {e}']
+  return [f'config.model.init_from={path!r} is a BERT checkpoint; the encoder that holds it '
+          f"needs {', '.join(wrong)} (configs/bert_conll2003.py sets them from its "
+          'config.json).'] if wrong else []
+
+
+def load_checkpoint(path):
+  """The parameters of the checkpoint at `path` (one checkpoint_problems accepts), as numpy."""
+  return bert_import.load_params(path)

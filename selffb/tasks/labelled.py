@@ -133,12 +133,10 @@ def predict(outputs, batch):
 
 def problems(config, head):
   """The encoder and the labelled data config; `head` is the task's."""
-  c, found = config.data.labelled, mlm.head_problems(config, head, 0)
+  found = mlm.head_problems(config, head, 0)
   if config.data.seq_len < 3:
     found.append(f'config.data.task={config.data.task!r} needs config.data.seq_len >= 3 (bos, '
                  f'the text, eos), not {config.data.seq_len}.')
-  if not c.tfds_name and min(c.num_train, c.num_validation, c.num_test) < 1:
-    found.append('config.data.labelled.num_train, num_validation and num_test must be >= 1.')
   return found
 
 

@@ -68,9 +68,9 @@ def eval_batches(source, tokenizer, batch_size, fmt=MlmFormat()):
 
 def config_problems(config):
   m, found = config.data.mlm, lm.config_problems(config)
-  if not (0 < m.rate <= 1 and m.mask >= 0 and m.random >= 0 and m.mask + m.random <= 1):
-    found.append(f'config.data.mlm: rate={m.rate} must be in (0, 1], mask={m.mask} and random='
-                 f'{m.random} >= 0 with mask + random <= 1 (the rest of the chosen are kept).')
+  if m.mask + m.random > 1:
+    found.append(f'config.data.mlm.mask={m.mask} + random={m.random} exceeds 1: they are shares '
+                 'of the chosen tokens (the rest are kept).')
   return found + head_problems(config, HEAD, 0)
 
 

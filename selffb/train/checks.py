@@ -65,11 +65,9 @@ def problems(config, num_devices):
   check(lambda: losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps))
   check(lambda: records.Rules.from_config(config.data.feedback))
   check(lambda: optim.check_feedback_place(config.optim.feedback_scale_at))
-  check(lambda: optim.make_optimizer(config.optim, config.train.num_steps))
-  need(config.optim.freeze == 'none' or model is None or hasattr(model, 'param_group'),
-       f'config.optim.freeze={config.optim.freeze!r} needs a model kind that names its parameter '
-       f"groups (model.kind='encoder'), not {config.model.kind!r}.")
-  check(lambda: optim.check_freeze(config.optim, config.model.num_layers))
+  check(lambda: optim.make_optimizer(config.optim, config.train.num_steps,
+                                     getattr(model, 'param_group', None),
+                                     config.model.num_layers))
   check(lambda: sampling.SamplingParams.from_config(config.sample))
   d, m = config.data, config.model
   need(d.seq_len <= m.max_len, f'config.data.seq_len={d.seq_len} exceeds config.model.max_len='
@@ -84,7 +82,8 @@ def problems(config, num_devices):
                                getattr(model, 'SEQ2SEQ', False)),
          f'config.data.task={d.task!r} trains on documents with no source for '
          f"model.kind={config.model.kind!r}: use 'decoder' (or 'lstm' with pack=False).")
-    need(d.tokenizer == 'byte' or d.sentencepiece.model or hasattr(task, 'training_text'),
+    need(d.tokenizer != 'sentencepiece' or d.sentencepiece.model or
+         hasattr(task, 'training_text'),
          f'config.data.task={d.task!r} has no text to train a SentencePiece model on: give '
          'config.data.sentencepiece.model, or use the byte tokenizer.')
   select = config.train.select_metric

@@ -1,6 +1,7 @@
 """config.model.init_from: the parameters a training run starts from, by name, from a run's
-workdir (its best parameters: an MLM run for the adaptation tasks) or a Hugging Face BERT
-checkpoint (models/bert_import.py). Parameters the source has under the same name and shape are
+workdir (its best parameters: an MLM run for the adaptation tasks) or another library's
+checkpoint the model kind imports (`checkpoint_problems`, `load_checkpoint`: the encoder reads
+Hugging Face BERT). Parameters the source has under the same name and shape are
 taken; the others (a new task head) keep their fresh initialisation; the source's own head
 (another task's) is left out. The same name with another shape is an error naming it."""
 import os
@@ -11,7 +12,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from selffb import errors
-from selffb.models import bert_import
+from selffb import models
+
+
+def _foreign(config):
+  """The model kind's problems with config.model.init_from as another library's checkpoint, or
+  None if it is not one the kind reads."""
+  reader = getattr(models.get(config.model.kind), 'checkpoint_problems', None)
+  return None if reader is None else reader(config.model, config.model.init_from)
 
 
 def problems(config):
@@ -19,17 +27,13 @@ def problems(config):
   path = config.model.init_from
   if not path:
     return []
-  if bert_import.is_checkpoint(path):
-    try:
-      wrong = bert_import.mismatches(config.model, bert_import.read_config(path))
-    except errors.InputError as e:
-      return [f'config.model.init_from: {e}']
-    return [f'config.model.init_from={path!r} is a BERT checkpoint; the encoder that holds it '
-            f"needs {', '.join(wrong)} (configs/bert_conll2003.py sets them from its "
-            'config.json).'] if wrong else []
+  foreign = _foreign(config)
+  if foreign is not None:
+    return foreign
   if not os.path.isdir(os.path.join(path, 'checkpoints')):
     return [f'config.model.init_from={path!r} is neither a run (a workdir with checkpoints/) '
-            'nor a Hugging Face BERT directory (config.json, model.safetensors).']
+            f'nor a checkpoint model.kind={config.model.kind!r} imports (for the encoder: a '
+            'Hugging Face BERT directory with config.json and model.safetensors).']
   return []
 
 
@@ -73,7 +77,7 @@ def merge(fresh, source, path=()):
 def start_params(s, fresh):
   """`fresh` (the run's initial parameters) with what config.model.init_from holds."""
   path = s.config.model.init_from
-  source = (bert_import.load_params(path) if bert_import.is_checkpoint(path)
+  source = (s.model.load_checkpoint(path) if _foreign(s.config) is not None
             else _run_params(path))
   params, taken, kept, left = merge(jax.device_get(fresh), source)
   if not taken:
