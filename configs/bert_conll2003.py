@@ -13,9 +13,15 @@ weight decay 0.01, dropout 0.1, best parameters and early stopping by the valida
 entity-level F1, the test split's P/R/F1 report at the end. `--config.optim.freeze=top_k`
 (with `optim.top_k`), `head_only` or `embeddings` freeze parts of it.
 """
+import os
+
 from configs import default
 from configs import encoder_ner
 from selffb.models import bert_import
+
+# What tests/test_config.py builds it with: the tiny random checkpoint the tests import.
+EXAMPLE_ARG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests',
+                           'data', 'tiny_bert')
 
 
 def get_config(arg=None):

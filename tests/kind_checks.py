@@ -23,6 +23,16 @@ def one_step(config, batch, devices):
   return jax.device_get(state.params), jax.device_get(metrics)
 
 
+def assert_sharded_step_equals_one_device(config, batch):
+  """One train step of `config` on a data 4 x fsdp 2 mesh of the 8 devices equals it on one."""
+  config.mesh.update(data=4, fsdp=2)
+  sharded = one_step(config, batch, jax.devices())
+  config.mesh.update(data=1, fsdp=1)
+  single = one_step(config, batch, jax.devices()[:1])
+  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
 def assert_resume_equals_uninterrupted(config, workdir, tmp_path, last_step):
   """Reruns `workdir`'s finished train run from its checkpoints without the last one and checks
   the parameters (and best parameters) equal the uninterrupted run's bit for bit."""

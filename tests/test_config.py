@@ -35,7 +35,8 @@ def test_tiny_changes_only_declared_keys():
     f[:-3] for f in os.listdir(os.path.dirname(default.__file__))
     if f.endswith('.py') and f != '__init__.py'))
 def test_every_config_declares_only_default_keys_and_validates(name):
-  c = importlib.import_module(f'configs.{name}').get_config()
+  module = importlib.import_module(f'configs.{name}')
+  c = module.get_config(getattr(module, 'EXAMPLE_ARG', None))  # A config that needs its arg.
   # config.evals names its own entries (an evaluator's keys are its own).
   declared = lambda keys: {k for k in keys if not k.startswith('evals.')}
   assert declared(flat_keys(c)) == declared(flat_keys(default.get_config()))

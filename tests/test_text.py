@@ -182,13 +182,8 @@ def test_packed_step_sharded_equals_one_device(tmp_path):
   s = setup_lib.setup(c, str(tmp_path / 'w'), jax.devices()[:1])
   batch = next(iter(s.task.train_dataset(s.splits['train'], s.tokenizer, 24, 16, 0, fmt=s.fmt)))
   assert batch['segments'].max() > 1  # Packed rows.
-  batch = {k: batch[k] for k in lm.BATCH_KEYS if k in batch}
-  c.mesh.update(data=4, fsdp=2)
-  sharded = kind_checks.one_step(c, batch, jax.devices())
-  c.mesh.update(data=1, fsdp=1)
-  single = kind_checks.one_step(c, batch, jax.devices()[:1])
-  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+  kind_checks.assert_sharded_step_equals_one_device(
+      c, {k: batch[k] for k in lm.BATCH_KEYS if k in batch})
 
 
 # Local files.

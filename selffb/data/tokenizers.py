@@ -21,7 +21,7 @@ PAD, BOS, EOS, UNK = 0, 1, 2, 3  # Special ids, the same in every tokenizer here
 MODEL_TYPES = ('unigram', 'bpe')
 
 
-class _Tokenizer:
+class Tokenizer:
   """What every tokenizer shares: `encode_prompt`, `encode_many` and `decode` over its own
   `encode` and `_decode` (ids without specials -> text); for masked LM its `special_ids`, the
   `regular_ids` a random replacement is drawn from, and `word_boundaries()`: [V] bool arrays
@@ -41,10 +41,10 @@ class _Tokenizer:
     ids = np.asarray(ids).tolist()
     if self.eos_id in ids:
       ids = ids[:ids.index(self.eos_id)]
-    return self._decode([i for i in ids if i > EOS])
+    return self._decode([i for i in ids if i not in (self.pad_id, self.bos_id, self.eos_id)])
 
 
-class ByteTokenizer(_Tokenizer):
+class ByteTokenizer(Tokenizer):
   """UTF-8 bytes shifted past three specials: pad 0, bos 1, eos 2 (invalid UTF-8 decodes to
   U+FFFD)."""
   offset = 3
@@ -68,7 +68,7 @@ class ByteTokenizer(_Tokenizer):
     return bytes(i - self.offset for i in ids).decode('utf-8', 'replace')
 
 
-class SentencePieceTokenizer(_Tokenizer):
+class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece model (`proto`, its serialized bytes) with pad 0, bos 1, eos 2, unk 3 (as
   `train` writes it; a given model must have the same specials)."""
 

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from selffb import errors
+from selffb.data import tokenizers
 
 SPECIALS = {'pad_id': '[PAD]', 'unk_id': '[UNK]', 'bos_id': '[CLS]', 'eos_id': '[SEP]',
             'mask_id': '[MASK]'}
@@ -41,7 +42,7 @@ def _load(path, lowercase):
                           'vocab.txt; give a Hugging Face BERT checkpoint directory.')
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(tokenizers.Tokenizer):
   """A BERT checkpoint's WordPiece tokenizer (`path`, its directory). `lowercase` applies to a
   `vocab.txt` only (None: as `tokenizer_config.json` says, else True); a `tokenizer.json`
   carries its own normalizer."""
@@ -68,17 +69,8 @@ class WordPieceTokenizer:
     return [np.asarray(e.ids, np.int32)
             for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
-  def encode_prompt(self, text):
-    """bos + the text: what a model is given to continue."""
-    return np.concatenate([[self.bos_id], self.encode(text)]).astype(np.int32)
-
-  def decode(self, ids):
-    """Ids up to the first eos, specials dropped, as text (## pieces joined to their word)."""
-    ids = np.asarray(ids).tolist()
-    if self.eos_id in ids:
-      ids = ids[:ids.index(self.eos_id)]
-    specials = set(self.special_ids.tolist())
-    return self.tok.decode([i for i in ids if i not in specials], skip_special_tokens=False)
+  def _decode(self, ids):
+    return self.tok.decode(ids, skip_special_tokens=False)  # ## pieces joined to their word.
 
   @property
   def regular_ids(self):

@@ -4,8 +4,6 @@ target). Data (config.data.labelled): generated reviews labelled negative / neut
 (`synthetic.review`), or a tfds dataset by name with a text feature and a ClassLabel feature
 (e.g. 'imdb_reviews': 'text', 'label'). The report is per-class precision, recall and F1 with
 micro and macro averages; early stopping can select on 'accuracy' or 'f1' (macro)."""
-import functools
-
 import numpy as np
 
 from selffb.data import synthetic
@@ -15,14 +13,15 @@ from selffb.tasks import labelled
 BATCH_KEYS, EVAL_KEYS, DATA_KEYS = labelled.BATCH_KEYS, labelled.EVAL_KEYS, labelled.DATA_KEYS
 loss_fn, eval_sums, predict = labelled.loss_fn, labelled.eval_sums, labelled.predict
 example_length, batch_format = labelled.example_length, labelled.batch_format
+check_data = labelled.check_data
 SUPPORTS_SELFTRAIN = False
 MASK_TOKEN = True  # The vocabulary of an MLM-pretrained encoder.
 HEAD = 'classify'
 SCORES = ('accuracy', 'f1')
 
 
-def _make(rng):
-  return synthetic.review(rng)
+def _make(rng, split):
+  return synthetic.review(rng, split)
 
 
 _make.labels = synthetic.SENTIMENTS
@@ -42,11 +41,6 @@ def load_splits(config, data_dir):
   return labelled.load_splits(config, _make, 41, _read)
 
 
-def check_data(config, splits, tokenizer, seq_len):
-  del tokenizer, seq_len
-  labelled.check_labels(config, splits)
-
-
 def encode(records, tokenizer, seq_len):
   made = [labelled.rows([tokenizer.encode(r['text'])], [-1], tokenizer, seq_len)
           for r in records]
@@ -56,16 +50,7 @@ def encode(records, tokenizer, seq_len):
   return batch
 
 
-def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
-                  process_count=1, fmt=None):
-  return labelled.train_dataset(source, functools.partial(encode, tokenizer=tokenizer,
-                                                          seq_len=seq_len),
-                                batch_size, seed, process_index, process_count)
-
-
-def eval_batches(source, tokenizer, batch_size, fmt=labelled.LabelledFormat()):
-  return labelled.eval_batches(source, functools.partial(encode, tokenizer=tokenizer,
-                                                         seq_len=fmt.seq_len), batch_size)
+train_dataset, eval_batches = labelled.datasets(encode)
 
 
 def report(preds, batches, labels):

@@ -6,8 +6,6 @@ signals per token. Data (config.data.labelled): generated sentences with PER/LOC
 CoNLL semantics (seqeval: type and both boundaries must match) next to the per-tag token
 scores; words cut off by seq_len count as predicted 'O'. Early stopping can select on 'f1'
 (entity-level, micro)."""
-import functools
-
 import numpy as np
 
 from selffb.data import synthetic
@@ -17,14 +15,15 @@ from selffb.tasks import labelled
 BATCH_KEYS, EVAL_KEYS, DATA_KEYS = labelled.BATCH_KEYS, labelled.EVAL_KEYS, labelled.DATA_KEYS
 loss_fn, eval_sums, predict = labelled.loss_fn, labelled.eval_sums, labelled.predict
 example_length, batch_format = labelled.example_length, labelled.batch_format
+check_data = labelled.check_data
 SUPPORTS_SELFTRAIN = False
 MASK_TOKEN = True  # The vocabulary of an MLM-pretrained encoder.
 HEAD = 'tag'
 SCORES = ('f1', 'precision', 'recall', 'token_accuracy')
 
 
-def _make(rng):
-  return synthetic.ner_sentence(rng)
+def _make(rng, split):
+  return synthetic.ner_sentence(rng, split)
 
 
 _make.labels = synthetic.TAGS
@@ -44,11 +43,6 @@ def load_splits(config, data_dir):
   return labelled.load_splits(config, _make, 43, _read)
 
 
-def check_data(config, splits, tokenizer, seq_len):
-  del tokenizer, seq_len
-  labelled.check_labels(config, splits)
-
-
 def align(words, tags, tokenizer, seq_len):
   """(ids, labels): each word's pieces, its tag on the first piece, -1 elsewhere."""
   return labelled.rows(tokenizer.encode_many(words) if words else [], tags, tokenizer, seq_len)
@@ -59,16 +53,7 @@ def encode(records, tokenizer, seq_len):
                         seq_len, per_token=True)
 
 
-def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
-                  process_count=1, fmt=None):
-  return labelled.train_dataset(source, functools.partial(encode, tokenizer=tokenizer,
-                                                          seq_len=seq_len),
-                                batch_size, seed, process_index, process_count)
-
-
-def eval_batches(source, tokenizer, batch_size, fmt=labelled.LabelledFormat()):
-  return labelled.eval_batches(source, functools.partial(encode, tokenizer=tokenizer,
-                                                         seq_len=fmt.seq_len), batch_size)
+train_dataset, eval_batches = labelled.datasets(encode)
 
 
 def word_predictions(pred_T, mask_T, num_words):
