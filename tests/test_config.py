@@ -89,6 +89,11 @@ def test_a_run_saved_before_the_layout_move_still_resumes_and_evaluates():
   del old['feedback']['blend_fraction']
   del old['data']['feedback'], old['feedback']['preference'], old['finetune']  # Issue 21's.
   del old['data']['strings'], old['data']['pairs']  # Issue 20's.
+  for key in ('head', 'num_labels', 'pooling', 'norm_position', 'norm_eps', 'type_vocab_size',
+              'init_from'):  # Issue 19's.
+    del old['model'][key]
+  del old['data']['wordpiece'], old['data']['mlm'], old['data']['labelled']
+  del old['optim']['freeze'], old['optim']['top_k'], old['train']['select_metric']
   old['model']['vocab_size'] = 259
   old['selftrain']['verifier'] = 'addition'
   assert checks.config_changes(old, default.get_config()) == {}

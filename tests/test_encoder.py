@@ -20,6 +20,7 @@ from configs import encoder_ner
 from configs import tiny
 from selffb import errors
 from selffb.data import masking
+from selffb.data import synthetic
 from selffb.data import tokenizers
 from selffb.data import wordpiece
 from selffb.models import bert_import
@@ -176,10 +177,25 @@ def test_ner_labels_go_on_each_word_s_first_piece():
   assert ids.tolist() == [tok.bos_id] + sum(pieces, []) + [tok.eos_id]
   expect = [-1] + sum(([t] + [-1] * (len(p) - 1) for t, p in zip([1, 0, 0], pieces)), []) + [-1]
   assert labels.tolist() == expect
+  ids, labels = ner.align(['Anna', '\u200b', 'home'], [1, 2, 0], tok, 32)  # Nothing for '\u200b'.
+  assert ids.tolist()[1:4] == [pieces[0][0], tok.unk_id, pieces[2][0]]
+  assert labels.tolist()[:4] == [-1, 1, 2, 0]
   cut_ids, cut = ner.align(['Anna', 'met', 'Bo'], [1, 0, 1], BYTES, 6)  # Cut, eos kept.
   assert len(cut_ids) == 6 and cut_ids[-1] == BYTES.eos_id and cut.tolist()[:2] == [-1, 1]
   np.testing.assert_array_equal(ner.word_predictions(np.asarray([0, 2, 0, 5]),
                                                      np.asarray([0, 1, 0, 1]), 3), [2, 5, 0])
+
+
+def test_synthetic_splits_are_disjoint_and_test_names_unseen():
+  key = lambda r: repr(sorted(r.items()))
+  for make, salt in ((ner.make, 43), (classify.make, 41)):
+    made = synthetic.examples(make, 0, {'train': 400, 'validation': 100, 'test': 100}, salt)
+    held = {key(r) for r in made['validation'] + made['test']}
+    assert len(held) == 200 and not held & {key(r) for r in made['train']}
+  made = synthetic.examples(ner.make, 0, {'train': 400, 'validation': 100, 'test': 100}, 43)
+  names = lambda split: {w for r in made[split] for w in r['words'] if w in synthetic.NAMES}
+  assert names('test') and names('validation') and not names('train') & (
+      names('test') | names('validation'))
 
 
 def test_classify_loss_is_per_sequence_with_the_feedback_arm():

@@ -96,25 +96,25 @@ def review(rng, split='train'):
 
 
 def examples(make, seed, counts, salt):
-  """{split: records} with `counts` ({split: n}) records made by `make(rng, split)`; the validation
-  and test splits hold no training example and no copy of each other's."""
+  """{split: records} with `counts` ({split: n}) records made by `make(rng, split)`. Validation
+  and test are drawn together as distinct records and dealt out at random, so they follow one
+  distribution; no training record equals one of them."""
   rng = np.random.default_rng([seed, salt])
   key = lambda r: repr(sorted(r.items()))
-  seen, out = set(), {}
-  for name in ('test', 'validation', 'train'):
-    made = []
-    tries = 0
-    while len(made) < counts[name]:
-      r = make(rng, name)
-      tries += 1
-      if tries > 100 * counts[name] + 1000:
-        raise ValueError(f'could not make {counts[name]} distinct {name} examples; lower '
+
+  def draw(n, split, exclude, distinct):
+    made, keys, tries = [], set(), 0
+    while len(made) < n:
+      r, tries = make(rng, split), tries + 1
+      if tries > 100 * n + 1000:
+        raise ValueError(f'could not make {n} distinct {split} examples; lower '
                          'config.data.labelled.num_test / num_validation.')
-      if name == 'train':
-        if key(r) not in seen:
-          made.append(r)
-      elif key(r) not in seen:
-        seen.add(key(r))
+      if key(r) not in exclude and not (distinct and key(r) in keys):
         made.append(r)
-    out[name] = made
-  return out
+        keys.add(key(r))
+    return made, keys
+
+  held, keys = draw(counts['validation'] + counts['test'], 'test', set(), True)
+  held = [held[i] for i in rng.permutation(len(held))]
+  return {'test': held[:counts['test']], 'validation': held[counts['test']:],
+          'train': draw(counts['train'], 'train', keys, False)[0]}

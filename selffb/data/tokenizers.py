@@ -85,6 +85,7 @@ class SentencePieceTokenizer(Tokenizer):
           'leave config.data.sentencepiece.model empty to train one on the training split.')
 
   special_ids = (PAD, BOS, EOS, UNK)
+  unk_id = UNK
 
   @property
   def regular_ids(self):
@@ -135,6 +136,8 @@ class WithMask:
     self.special_ids = tuple(base.special_ids) + (self.mask_id,)
 
   def __getattr__(self, name):
+    if name == 'base':  # Unpickling (grain's worker processes) asks before base is set.
+      raise AttributeError(name)
     return getattr(self.base, name)
 
   def word_boundaries(self):

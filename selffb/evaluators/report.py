@@ -5,6 +5,7 @@ task's headline `scores`, which the training loop can select on (config.train.se
 import fnmatch
 
 import jax
+from jax.experimental import multihost_utils
 
 from selffb import sharding
 from selffb.evaluators import prf
@@ -12,9 +13,14 @@ from selffb.train import step as step_lib
 
 
 def predictions(predict_fn, params, batches, mesh, keys):
-  """The task's predictions (host arrays) of every batch."""
-  return [jax.device_get(predict_fn(params, sharding.put_global(
-      mesh, {k: b[k] for k in keys if k in b}))) for b in batches]
+  """The task's predictions of every batch, whole on every host (as numpy)."""
+  out = []
+  for b in batches:
+    pred = predict_fn(params, sharding.put_global(mesh, {k: b[k] for k in keys if k in b}))
+    if jax.process_count() > 1:  # Each host holds its rows' part of the batch.
+      pred = multihost_utils.process_allgather(pred, tiled=True)
+    out.append(jax.device_get(pred))
+  return out
 
 
 def scorer(s, batches, labels):

@@ -152,7 +152,8 @@ def forward(module, params, batch, rngs=None):
 
 
 EMBEDDINGS = ('embed', 'pos_embed', 'type_embed', 'embed_norm')
-HEAD_PARAMS = ('mlm_transform', 'mlm_norm', 'mlm_bias', 'pooler', 'classifier', 'tagger')
+HEAD_PARAMS = ('mlm_transform', 'mlm_norm', 'mlm_bias', 'unembed', 'pooler', 'classifier',
+               'tagger')
 
 
 def param_group(name):

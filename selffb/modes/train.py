@@ -4,6 +4,7 @@ import os
 import jax
 from absl import logging
 
+from selffb import checkpoint
 from selffb import evaluators
 from selffb import metrics as metrics_lib
 from selffb import provenance
@@ -27,7 +28,9 @@ def train_and_evaluate(config, workdir):
   with runtime.locked(workdir), runtime.StopSignals() as signals:
     provenance.record(workdir)
     init = None
-    if config.model.init_from:  # The fresh parameters train_loop would make, then the source's.
+    if config.model.init_from and checkpoint.make_manager(
+        workdir, config.train.max_checkpoints).latest_step() is None:  # Not when resuming.
+      # The fresh parameters train_loop would make, then the source's.
       init = init_from.start_params(s, state_lib.init_state(
           s, jax.random.split(jax.random.key(config.seed))[0])[0].params)
     summary, best_params = loop.train_loop(s, workdir, signals, init_params=init)

@@ -20,11 +20,11 @@ HEAD = 'classify'
 SCORES = ('accuracy', 'f1')
 
 
-def _make(rng, split):
+def make(rng, split):
   return synthetic.review(rng, split)
 
 
-_make.labels = synthetic.SENTIMENTS
+make.labels = synthetic.SENTIMENTS
 
 
 def _read(record, c):
@@ -38,7 +38,7 @@ _read.label_feature = lambda c: c.label_feature or 'label'
 
 def load_splits(config, data_dir):
   del data_dir
-  return labelled.load_splits(config, _make, 41, _read)
+  return labelled.load_splits(config, make, 41, _read)
 
 
 def encode(records, tokenizer, seq_len):

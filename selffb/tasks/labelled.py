@@ -77,16 +77,20 @@ class _Mapped:
 
 def rows(pieces, labels, tokenizer, seq_len):
   """(ids, per-token labels with -1 where there is no loss) of one example: bos, each word's
-  pieces (`pieces`, labelled `labels[i]` on its first piece, -1 on the rest) with the
-  tokenizer's word separator between words, eos; cut to seq_len (eos kept)."""
+  pieces (`pieces`, labelled `labels[i]` on its first piece, -1 on the rest; unk for a word
+  with none) with the tokenizer's word separator between words, eos; cut to seq_len (eos
+  kept)."""
   sep = list(getattr(tokenizer, 'word_separator', ()))
   ids, out = [tokenizer.bos_id], [-1]
   for i, (word, label) in enumerate(zip(pieces, labels)):
     if i and sep:
       ids += sep
       out += [-1] * len(sep)
-    ids += list(word)
-    out += ([label] + [-1] * (len(word) - 1)) if len(word) else []
+    # A word with no pieces (WordPiece drops some characters) stands as unk, so every word
+    # keeps its labelled slot and predictions line up with words.
+    word = list(word) if len(word) else [getattr(tokenizer, 'unk_id', tokenizer.pad_id)]
+    ids += word
+    out += [label] + [-1] * (len(word) - 1)
   ids, out = ids[:seq_len - 1] + [tokenizer.eos_id], out[:seq_len - 1] + [-1]
   return np.asarray(ids, np.int32), np.asarray(out, np.int32)
 

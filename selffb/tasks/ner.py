@@ -22,11 +22,11 @@ HEAD = 'tag'
 SCORES = ('f1', 'precision', 'recall', 'token_accuracy')
 
 
-def _make(rng, split):
+def make(rng, split):
   return synthetic.ner_sentence(rng, split)
 
 
-_make.labels = synthetic.TAGS
+make.labels = synthetic.TAGS
 
 
 def _read(record, c):
@@ -40,7 +40,7 @@ _read.label_feature = lambda c: c.label_feature or 'ner'
 
 def load_splits(config, data_dir):
   del data_dir
-  return labelled.load_splits(config, _make, 43, _read)
+  return labelled.load_splits(config, make, 43, _read)
 
 
 def align(words, tags, tokenizer, seq_len):

@@ -82,6 +82,9 @@ def problems(config, num_devices):
                                getattr(model, 'SEQ2SEQ', False)),
          f'config.data.task={d.task!r} trains on documents with no source for '
          f"model.kind={config.model.kind!r}: use 'decoder' (or 'lstm' with pack=False).")
+    need(model is None or not hasattr(model, 'HEADS') or hasattr(task, 'HEAD'),
+         f"config.model.kind={config.model.kind!r} trains with the encoder tasks ('mlm', "
+         f"'classify', 'ner'); config.data.task={d.task!r} needs a decoder-style kind.")
     need(d.tokenizer != 'sentencepiece' or d.sentencepiece.model or
          hasattr(task, 'training_text'),
          f'config.data.task={d.task!r} has no text to train a SentencePiece model on: give '
@@ -90,7 +93,7 @@ def problems(config, num_devices):
   need(not select or task is None or select in getattr(task, 'SCORES', ()),
        f'config.train.select_metric={select!r}: task {d.task!r} reports '
        f"{getattr(task, 'SCORES', ())}; use one of those, or '' for the validation CE.")
-  found.extend(init_from.problems(config))
+  found.extend(check(lambda: init_from.problems(config)) or [])
   found.extend(selftrain_problems(config.selftrain))
   found.extend(evaluators.problems(config.evals))
   return list(dict.fromkeys(found))  # A name check and the builder it guards may both report.
@@ -183,7 +186,18 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'data.text.eval_sequences': 256, 'data.sentencepiece.model': '',
           'data.sentencepiece.vocab_size': 1024, 'data.sentencepiece.model_type': 'unigram',
           'data.sentencepiece.character_coverage': 0.9995,
-          'data.sentencepiece.max_sentences': 200000, 'data.sentencepiece.byte_fallback': True}
+          'data.sentencepiece.max_sentences': 200000, 'data.sentencepiece.byte_fallback': True,
+          # Issue 19: the encoder, its tasks, freezing, selection by a task score.
+          'model.head': 'mlm', 'model.num_labels': 0, 'model.pooling': 'first',
+          'model.norm_position': 'pre', 'model.norm_eps': 1e-6, 'model.type_vocab_size': 0,
+          'model.init_from': '', 'data.wordpiece.path': '', 'data.mlm.rate': 0.15,
+          'data.mlm.mask': 0.8, 'data.mlm.random': 0.1, 'data.mlm.whole_word': False,
+          'data.labelled.tfds_name': '', 'data.labelled.text_feature': '',
+          'data.labelled.label_feature': '', 'data.labelled.train_split': 'train',
+          'data.labelled.validation_split': 'validation', 'data.labelled.test_split': 'test',
+          'data.labelled.num_train': 4000, 'data.labelled.num_validation': 500,
+          'data.labelled.num_test': 500, 'optim.freeze': 'none', 'optim.top_k': 2,
+          'train.select_metric': ''}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
@@ -243,9 +257,11 @@ def resume_changes(saved, current, abstract_params):
         '. Use a new --workdir, or restore those values.')
   optim_keys = [k for k in changed if k.startswith('optim.')]
   if optim_keys:
-    old = ml_collections.ConfigDict(saved['optim'])
-    structure = lambda c: jax.tree.structure(jax.eval_shape(
-        optim.make_optimizer(c, current.train.num_steps).init, abstract_params))
+    old = ml_collections.ConfigDict(unflatten(migrate(saved))['optim'])
+    model = models.get(current.model.kind)
+    structure = lambda c: jax.tree.structure(jax.eval_shape(optim.make_optimizer(
+        c, current.train.num_steps, getattr(model, 'param_group', None),
+        current.model.num_layers).init, abstract_params))
     if structure(old) != structure(current.optim):
       raise ConfigError('the optimizer state in the checkpoint has another shape; changed: ' +
                         ', '.join(f'{k} {changed[k][0]!r} -> {changed[k][1]!r}'

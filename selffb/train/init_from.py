@@ -38,20 +38,24 @@ def problems(config):
 
 
 def _run_params(workdir):
-  """The best parameters of the newest checkpoint of a run, as numpy arrays."""
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')))
+  """The best parameters of the newest checkpoint of a run, as numpy arrays (whole on every
+  host, whatever devices wrote them)."""
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
+                                  item_handlers={'best': ocp.StandardCheckpointHandler()})
   step = manager.latest_step()
   if step is None:
     raise errors.InputError(f'config.model.init_from={workdir!r} has no checkpoint: train it '
                             'first.')
-  best = manager.restore(step, args=ocp.args.Composite(best=ocp.args.StandardRestore())).best
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), manager.item_metadata(step).best)
+  best = manager.restore(step, args=ocp.args.Composite(
+      best=ocp.args.StandardRestore(target))).best
   logging.info('init_from: the best parameters of %s (checkpoint step %d)', workdir, step)
-  return jax.tree.map(np.asarray, best)
+  return best
 
 
 def merge(fresh, source, path=()):
-  """(params, taken, kept fresh, left out): `fresh` with every leaf `source` has under the same
-  name and shape."""
+  """(params, taken, kept fresh, left out): `fresh` (arrays, maybe sharded over hosts) with every
+  leaf `source` (numpy) has under the same name and shape."""
   taken, kept, left = [], [], [f"{'/'.join(path + (k,))}" for k in source if k not in fresh]
   out = {}
   for key, value in fresh.items():
@@ -69,7 +73,7 @@ def merge(fresh, source, path=()):
           f'{np.shape(value)} in this model: use the same config.model sizes and tokenizer '
           '(the vocabulary, mask token included) as the run or checkpoint it comes from.')
     else:
-      out[key] = np.asarray(source[key], np.asarray(value).dtype)
+      out[key] = np.asarray(source[key], value.dtype)
       taken.append(name)
   return out, taken, kept, left
 
@@ -79,7 +83,7 @@ def start_params(s, fresh):
   path = s.config.model.init_from
   source = (s.model.load_checkpoint(path) if _foreign(s.config) is not None
             else _run_params(path))
-  params, taken, kept, left = merge(jax.device_get(fresh), source)
+  params, taken, kept, left = merge(fresh, source)
   if not taken:
     raise errors.InputError(f'config.model.init_from={path!r} shares no parameter with this '
                             'model.')

@@ -166,6 +166,10 @@ def _start(s, workdir, init_params, keep_best, progress_args):
     step, state, best_params, data_state, book = restored
     # Checkpoints written before select_metric existed hold the best val CE alone.
     book.setdefault('best_score', -book['best_val_ce'])
+    if 'train.select_metric' in changed:  # The best so far was by another measure.
+      logging.warning('train.select_metric changed: the best parameters so far are dropped.')
+      book.update(best_val_ce=float('inf'), best_score=-float('inf'), best_step=0, bad_evals=0)
+      best_params = state.params
     if _forget_best(book, changed, s.task):  # Other data: its iterator starts afresh.
       best_params = state.params
     else:
