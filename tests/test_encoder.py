@@ -3,6 +3,7 @@ alignment, the BERT import against Hugging Face's outputs, init_from, selection 
 and each encoder config training."""
 import json
 import os
+import pickle
 
 import flax.linen as nn
 import jax
@@ -266,6 +267,16 @@ def test_encoder_task_config_problems(tmp_path):
   c.model.kind = 'decoder'
   with pytest.raises(checks.ConfigError, match="set config.model.kind='encoder'"):
     checks.check_config(c, 1)
+  c = tiny.get_config()
+  c.data.task, c.model.kind = 'text', 'encoder'  # Next-token targets it could see.
+  with pytest.raises(checks.ConfigError, match="kind='encoder' trains with the encoder tasks"):
+    checks.check_config(c, 1)
+
+
+def test_the_mask_token_tokenizer_pickles_for_worker_processes():
+  again = pickle.loads(pickle.dumps(BYTES))
+  assert (again.mask_id, again.vocab_size) == (259, 260)
+  np.testing.assert_array_equal(again.encode('ab'), BYTES.encode('ab'))
 
 
 # BERT import.

@@ -33,7 +33,7 @@ from selffb.models import layers
 HEADS = ('mlm', 'classify', 'tag')
 OPTIONS = {'head': HEADS, 'pooling': ('first', 'mean'), 'norm_position': ('pre', 'post')}
 SEGMENTS = True  # Trains on packed rows (a batch's 'segments').
-logical_sizes = decoder.logical_sizes
+logical_sizes, example_inputs = decoder.logical_sizes, decoder.example_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,11 +137,6 @@ class Encoder(nn.Module):
 
 def build(cfg):
   return Encoder(cfg)
-
-
-def example_inputs(cfg, seq_len):
-  del cfg
-  return (jnp.zeros((1, seq_len), jnp.int32),)
 
 
 def forward(module, params, batch, rngs=None):
