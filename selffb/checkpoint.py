@@ -8,6 +8,8 @@ checkpoints all fail is an error, never a silent fresh start.
 """
 import os
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -65,6 +67,19 @@ def restore_params(manager, abstract_params):
   got = _restore_latest(manager, ocp.args.Composite(
       best=ocp.args.StandardRestore(abstract_params), loop=ocp.args.JsonRestore()))
   return None if got is None else (got[0], got[1].best, got[1].loop)
+
+
+def host_params(workdir):
+  """(step, best parameters) of workdir's newest restorable checkpoint as numpy arrays, whole
+  on every host whatever devices wrote them (the tree and shapes from its metadata); or None."""
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
+                                  item_handlers={'best': ocp.StandardCheckpointHandler()})
+  if manager.latest_step() is None:
+    return None
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype),
+                        manager.item_metadata(manager.latest_step()).best)
+  got = _restore_latest(manager, ocp.args.Composite(best=ocp.args.StandardRestore(target)))
+  return None if got is None else (got[0], got[1].best)
 
 
 def saved_config(manager):

@@ -8,7 +8,6 @@ import pickle
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -19,11 +18,13 @@ from configs import encoder_classify
 from configs import encoder_mlm
 from configs import encoder_ner
 from configs import tiny
+from selffb import checkpoint
 from selffb import errors
 from selffb.data import masking
 from selffb.data import synthetic
 from selffb.data import tokenizers
 from selffb.data import wordpiece
+from selffb.feedback import losses as losses_lib
 from selffb.models import bert_import
 from selffb.models import encoder
 from selffb.modes import train as train_mode
@@ -34,6 +35,7 @@ from selffb.train import checks
 from selffb.train import init_from
 from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
+from selffb.train import step as step_lib
 import kind_checks
 
 BERT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'tiny_bert')
@@ -203,8 +205,7 @@ def test_classify_loss_is_per_sequence_with_the_feedback_arm():
   batch = classify.encode([{'text': 'the food was good .', 'label': 2}], BYTES, 32)
   assert batch['targets'].shape == (1, 1) and batch['loss_mask'].tolist() == [[1.0]]
   logits = jnp.log(jnp.asarray([[[0.2, 0.3, 0.5]]]))
-  fb = ml_collections.ConfigDict(tiny.get_config().feedback)
-  spec = __import__('selffb.feedback.losses', fromlist=['x']).FeedbackSpec.from_config(fb, 10)
+  spec = losses_lib.FeedbackSpec.from_config(tiny.get_config().feedback, 10)  # one_minus, prob.
   loss, aux = classify.loss_fn({'logits': logits}, batch, 1.0, 0, fb=spec)
   np.testing.assert_allclose(aux['ce'], -np.log(0.5), rtol=1e-6)
   np.testing.assert_allclose(loss, -np.log(0.5) * (1 - 0.5), rtol=1e-6)  # CE * (1 - p).
@@ -222,7 +223,7 @@ def test_freezing_leaves_frozen_parameters_bit_identical(tmp_path, freeze, froze
   s = setup_lib.setup(c, str(tmp_path / 'w'), jax.devices()[:1])
   state, state_sh = state_lib.init_state(s, jax.random.key(0))
   before = jax.device_get(state.params)
-  p_train, _ = __import__('selffb.train.step', fromlist=['x']).compile_steps(s, state_sh)
+  p_train, _ = step_lib.compile_steps(s, state_sh)
   it = iter(s.task.train_dataset(s.splits['train'], s.tokenizer, s.seq_len, 16, 0, fmt=s.fmt))
   for i in range(3):
     batch = {k: v for k, v in next(it).items() if k in s.task.BATCH_KEYS}
@@ -345,7 +346,6 @@ def mlm_run(tmp_path_factory):
   c = small(encoder_mlm.get_config(), tmp, steps=16)
   c.data.update(seq_len=32)
   c.data.text.paths = str(tmp / '*.txt')
-  c.evals.masked.splits = 'validation'
   workdir = str(tmp / 'run')
   return c, workdir, train_mode.train_and_evaluate(c, workdir)
 
@@ -384,7 +384,7 @@ def test_ner_from_the_mlm_run_selects_by_entity_f1(mlm_run, tmp_path):
   s = setup_lib.setup(c, workdir, jax.devices()[:1])
   fresh = jax.device_get(state_lib.init_state(s, jax.random.split(jax.random.key(0))[0])[0].params)
   start = init_from.start_params(s, fresh)
-  mlm_params = init_from._run_params(mlm_dir)  # pylint: disable=protected-access
+  mlm_params = checkpoint.host_params(mlm_dir)[1]
   np.testing.assert_array_equal(start['layer_0']['attn']['query']['kernel'],
                                 mlm_params['layer_0']['attn']['query']['kernel'])
   np.testing.assert_array_equal(start['tagger']['kernel'], fresh['tagger']['kernel'])

@@ -143,11 +143,7 @@ class Decoder(nn.Module):
       raise ValueError('segment ids are for packed training rows, not for decoding.')
     if pos_BxT is None:
       pos_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
-    embed = layers.embed(cfg, cfg.vocab_size, ('vocab', 'embed'), 'embed')
-    x_BxTxE = embed(tokens_BxT)
-    if cfg.positions == 'learned':
-      pos_embed = layers.embed(cfg, cfg.max_len, (None, 'embed'), 'pos_embed')
-      x_BxTxE = x_BxTxE + pos_embed(jnp.clip(pos_BxT, 0, cfg.max_len - 1))
+    embed, x_BxTxE = layers.embed_tokens(cfg, tokens_BxT, pos_BxT)
     x_BxTxE = nn.Dropout(cfg.dropout, deterministic=cfg.deterministic)(x_BxTxE)
     if cache is None:
       kv_pos_BxS, index, layer_caches = pos_BxT, None, None

@@ -90,11 +90,7 @@ class Encoder(nn.Module):
     cfg = self.cfg
     if pos_BxT is None:
       pos_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
-    embed = layers.embed(cfg, cfg.vocab_size, ('vocab', 'embed'), 'embed')
-    x_BxTxE = embed(tokens_BxT)
-    if cfg.positions == 'learned':
-      pos_embed = layers.embed(cfg, cfg.max_len, (None, 'embed'), 'pos_embed')
-      x_BxTxE = x_BxTxE + pos_embed(jnp.clip(pos_BxT, 0, cfg.max_len - 1))
+    embed, x_BxTxE = layers.embed_tokens(cfg, tokens_BxT, pos_BxT)
     if cfg.type_vocab_size:
       types_BxT = jnp.zeros_like(tokens_BxT) if types_BxT is None else types_BxT
       x_BxTxE = x_BxTxE + layers.embed(cfg, cfg.type_vocab_size, (None, 'embed'),

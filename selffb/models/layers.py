@@ -74,6 +74,17 @@ def embed(cfg, num, axes, name):
                       nn.initializers.normal(cfg.d_model ** -0.5), axes))
 
 
+def embed_tokens(cfg, tokens_BxT, pos_BxT):
+  """(the 'embed' table, token embeddings + learned 'pos_embed' positions if cfg.positions is
+  'learned'), made in the calling module's scope; ids past max_len read the last row."""
+  table = embed(cfg, cfg.vocab_size, ('vocab', 'embed'), 'embed')
+  x_BxTxE = table(tokens_BxT)
+  if cfg.positions == 'learned':
+    positions = embed(cfg, cfg.max_len, (None, 'embed'), 'pos_embed')
+    x_BxTxE = x_BxTxE + positions(jnp.clip(pos_BxT, 0, cfg.max_len - 1))
+  return table, x_BxTxE
+
+
 class Mlp(nn.Module):
   """GELU (tanh-approximated or exact) or SwiGLU feed-forward: E -> M -> E."""
   cfg: object

@@ -1,10 +1,10 @@
 """--mode=train: train (resuming), then run config.evals on the best parameters and report."""
+import functools
 import os
 
 import jax
 from absl import logging
 
-from selffb import checkpoint
 from selffb import evaluators
 from selffb import metrics as metrics_lib
 from selffb import provenance
@@ -14,7 +14,6 @@ from selffb.train import checks
 from selffb.train import init_from
 from selffb.train import loop
 from selffb.train import setup as setup_lib
-from selffb.train import state as state_lib
 
 
 def train_and_evaluate(config, workdir):
@@ -27,12 +26,7 @@ def train_and_evaluate(config, workdir):
   s = setup_lib.setup(config, workdir)  # Fails on a bad config before anything is written.
   with runtime.locked(workdir), runtime.StopSignals() as signals:
     provenance.record(workdir)
-    init = None
-    if config.model.init_from and checkpoint.make_manager(
-        workdir, config.train.max_checkpoints).latest_step() is None:  # Not when resuming.
-      # The fresh parameters train_loop would make, then the source's.
-      init = init_from.start_params(s, state_lib.init_state(
-          s, jax.random.split(jax.random.key(config.seed))[0])[0].params)
+    init = functools.partial(init_from.start_params, s) if config.model.init_from else None
     summary, best_params = loop.train_loop(s, workdir, signals, init_params=init)
     if 'stopped_by' in summary:
       return summary

@@ -20,7 +20,6 @@ DATA_KEYS = lm.DATA_KEYS + ('data.mlm.',)
 SUPPORTS_SELFTRAIN = False
 MASK_TOKEN = True
 HEAD = 'mlm'  # The encoder head it trains.
-DECODER_ONLY = False
 loss_fn, eval_sums = seq.loss_fn, seq.eval_sums
 load_splits, training_text, check_data, packs = (lm.load_splits, lm.training_text, lm.check_data,
                                                  lm.packs)

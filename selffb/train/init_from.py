@@ -6,11 +6,10 @@ taken; the others (a new task head) keep their fresh initialisation; the source'
 (another task's) is left out. The same name with another shape is an error naming it."""
 import os
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
+from selffb import checkpoint
 from selffb import errors
 from selffb import models
 
@@ -38,19 +37,13 @@ def problems(config):
 
 
 def _run_params(workdir):
-  """The best parameters of the newest checkpoint of a run, as numpy arrays (whole on every
-  host, whatever devices wrote them)."""
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
-                                  item_handlers={'best': ocp.StandardCheckpointHandler()})
-  step = manager.latest_step()
-  if step is None:
+  """The best parameters of a run's newest checkpoint, as numpy arrays."""
+  got = checkpoint.host_params(workdir)
+  if got is None:
     raise errors.InputError(f'config.model.init_from={workdir!r} has no checkpoint: train it '
                             'first.')
-  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), manager.item_metadata(step).best)
-  best = manager.restore(step, args=ocp.args.Composite(
-      best=ocp.args.StandardRestore(target))).best
-  logging.info('init_from: the best parameters of %s (checkpoint step %d)', workdir, step)
-  return best
+  logging.info('init_from: the best parameters of %s (checkpoint step %d)', workdir, got[0])
+  return got[1]
 
 
 def merge(fresh, source, path=()):

@@ -119,16 +119,18 @@ def _check_resume(manager, config, params):
 
 def _forget_best(book, changed, task):
   """Early stopping starts afresh when the task or its data changed (the seed, the task, or one
-  of the task's DATA_KEYS): the best parameters and validation CE so far belong to other data.
-  Returns whether it did."""
+  of the task's DATA_KEYS), whose best parameters belong to other data, or when
+  train.select_metric did, whose best was by another measure. Returns (whether it did, whether
+  the data changed)."""
   data = [k for k in changed if k.startswith(('seed', 'data.task') + task.DATA_KEYS)]
-  if data:
-    logging.warning('the data changed since the checkpoint (%s): the data iterator and early '
-                    'stopping start afresh and the best parameters so far are dropped.',
-                    ', '.join(data))
+  why = data + [k for k in changed if k == 'train.select_metric']
+  if why:
+    logging.warning('changed since the checkpoint: %s; early stopping starts afresh and the best '
+                    'parameters so far are dropped%s.', ', '.join(why),
+                    ', and the data iterator starts afresh' if data else '')
     book.update(best_val_ce=float('inf'), best_score=-float('inf'), best_step=0, bad_evals=0,
                 stopped=False)
-  return bool(data)
+  return bool(why), bool(data)
 
 
 def _data(s):
@@ -156,6 +158,8 @@ def _start(s, workdir, init_params, keep_best, progress_args):
   book = {'best_val_ce': float('inf'), 'best_score': -float('inf'), 'best_step': 0,
           'bad_evals': 0, 'stopped': False,
           'rng': np.asarray(jax.random.key_data(step_rng)).tolist()}
+  if callable(init_params):  # A fresh run's only: a checkpoint holds the parameters.
+    init_params = init_params(state.params) if manager.latest_step() is None else None
   if init_params is not None:
     # A copy: the step donates the state, and the caller may still need init_params.
     state = state.replace(params=jax.tree.map(jnp.copy, jax.device_put(init_params,
@@ -166,13 +170,10 @@ def _start(s, workdir, init_params, keep_best, progress_args):
     step, state, best_params, data_state, book = restored
     # Checkpoints written before select_metric existed hold the best val CE alone.
     book.setdefault('best_score', -book['best_val_ce'])
-    if 'train.select_metric' in changed:  # The best so far was by another measure.
-      logging.warning('train.select_metric changed: the best parameters so far are dropped.')
-      book.update(best_val_ce=float('inf'), best_score=-float('inf'), best_step=0, bad_evals=0)
+    forgot, data_changed = _forget_best(book, changed, s.task)
+    if forgot:
       best_params = state.params
-    if _forget_best(book, changed, s.task):  # Other data: its iterator starts afresh.
-      best_params = state.params
-    else:
+    if not data_changed:
       train_iter.set_state(data_state)
     logging.info('resumed from the checkpoint at step %d in %s', step, workdir)
   step = int(state.step)
@@ -271,7 +272,8 @@ def train_loop(s, workdir, signals, init_params=None, keep_best=True, label='', 
   params), or ({'steps', 'stopped_by'}, None) when a signal stopped it after a checkpoint.
 
   `init_params` (a fresh run only) replace the initial parameters: a self-training round starts
-  from the previous round's. `keep_best=False`: the "best" parameters saved and returned are
+  from the previous round's. A function of the initial parameters may stand in their place
+  (config.model.init_from's, called only when there is no checkpoint to resume). `keep_best=False`: the "best" parameters saved and returned are
   simply the latest ones. `label` starts each progress line; `steps_after`, the training steps
   the job runs after this loop, extends the ETA to the whole job.
   """
