@@ -8,7 +8,7 @@ with the original data. A control run trains the same rounds on the original dat
         --workdir=runs/selfimprove_unsupervised --mode=selftrain
 
 The best of the unsupervised configurations tried (configs/ablations/unsupervised.py and
-filters.py; README, "Self-training filters"), and it does NOT improve the model: a model's own
+filters.py; docs/selftrain.md, "Which filter?"), and it does NOT improve the model: a model's own
 greedy answers are its own fixed point, and at this scale its confident and unanimous answers
 past its range share systematic errors, so neither more prompts, a majority vote nor a
 confidence threshold removes them. The exact check still measures each round's label
