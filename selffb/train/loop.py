@@ -1,6 +1,7 @@
 """The training loop around the pure step: resume, steps, metrics one step late, periodic
-validation and checkpoints, stop. It knows no task metric and no model kind; the modes run the
-evaluators on what it returns."""
+validation and checkpoints, stop. It knows no task metric, model kind or evaluator: the
+assembled run hands it the resume check and (for config.train.select_metric) the validation
+scorer, and the modes run the evaluators on what it returns."""
 import contextlib
 import dataclasses
 import json
