@@ -123,9 +123,8 @@ def _run_sweep_mode():
 
 
 def _run_mode():
-  from selffb import selftrain  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
-  from selffb.modes import dry_run, evaluate, finetune, sample, train
+  from selffb.modes import dry_run, evaluate, finetune, sample, selftrain, train
   if _MODE.value.startswith('sweep'):
     _run_sweep_mode()
   elif _DRY_RUN.value:

@@ -25,9 +25,9 @@ import numpy as np
 
 from configs import text_lm
 from selffb import sharding
+from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
 from selffb.data import text
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 

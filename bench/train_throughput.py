@@ -42,11 +42,11 @@ from selffb import models
 from selffb import optim
 from selffb import sharding
 from selffb import tasks
+from selffb.assemble import setup as setup_lib
 from selffb.cpu import host_memory
 from selffb.cpu import xla_flags
 from selffb.data import tokenizers
 from selffb.feedback import losses
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 

@@ -8,8 +8,8 @@ import numpy as np
 
 from selffb import checkpoint
 from selffb import sharding
+from selffb.assemble import setup as setup_lib
 from selffb.modes import train as train_mode
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 

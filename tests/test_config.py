@@ -6,8 +6,9 @@ import pytest
 
 from configs import default
 from configs import tiny
-from selffb.train import checks
-from selffb.train import ranges
+from selffb.assemble import checks
+from selffb.assemble import ranges
+from selffb.assemble import resume
 
 
 def flat_keys(c, prefix=''):
@@ -96,9 +97,9 @@ def test_a_run_saved_before_the_layout_move_still_resumes_and_evaluates():
   del old['optim']['freeze'], old['optim']['top_k'], old['train']['select_metric']
   old['model']['vocab_size'] = 259
   old['selftrain']['verifier'] = 'addition'
-  assert checks.config_changes(old, default.get_config()) == {}
+  assert resume.config_changes(old, default.get_config()) == {}
   old['model']['d_model'] = 32
-  assert checks.config_changes(old, default.get_config()) == {'model.d_model': (32, 64)}
+  assert resume.config_changes(old, default.get_config()) == {'model.d_model': (32, 64)}
 
 
 def test_nan_sampling_temperature_is_reported():

@@ -15,13 +15,13 @@ import kind_checks
 import tensorflow_datasets as tfds
 
 from configs import tiny
+from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
 from selffb.data import tokenizers
 from selffb.models import encdec
 from selffb.modes import train as train_mode
 from selffb.tasks import addition
 from selffb.tasks import seq
-from selffb.train import setup as setup_lib
 
 
 def encdec_config(data_dir, **train):
@@ -188,7 +188,7 @@ def test_the_strings_task_reverses_or_sorts_in_disjoint_splits():
 
 @pytest.mark.slow
 def test_a_self_training_round_runs_on_the_seq2seq_form_of_addition(tmp_path):
-  from selffb import selftrain  # pylint: disable=g-import-not-at-top
+  from selffb.modes import selftrain  # pylint: disable=g-import-not-at-top
   c = encdec_config(str(tmp_path / 'data'), num_steps=20)
   c.data.addition.update(format='aligned', test_digits=(3, 4))
   c.selftrain.update(rounds=1, start_digits=0, prompts_per_round=32, steps_per_round=10,

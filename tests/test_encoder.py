@@ -20,6 +20,9 @@ from configs import encoder_ner
 from configs import tiny
 from selffb import checkpoint
 from selffb import errors
+from selffb.assemble import checks
+from selffb.assemble import init_from
+from selffb.assemble import setup as setup_lib
 from selffb.data import masking
 from selffb.data import synthetic
 from selffb.data import tokenizers
@@ -31,9 +34,6 @@ from selffb.modes import train as train_mode
 from selffb.tasks import classify
 from selffb.tasks import labelled
 from selffb.tasks import ner
-from selffb.train import checks
-from selffb.train import init_from
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 import kind_checks
@@ -242,11 +242,11 @@ def test_freezing_leaves_frozen_parameters_bit_identical(tmp_path, freeze, froze
 def test_freezing_needs_an_encoder_and_a_valid_k(tmp_path):
   c = tiny.get_config()
   c.optim.freeze = 'head_only'
-  with pytest.raises(checks.ConfigError, match="model.kind='encoder'"):
+  with pytest.raises(errors.ConfigError, match="model.kind='encoder'"):
     checks.check_config(c, 1)
   c = small(encoder_ner.get_config(), tmp_path)
   c.optim.update(freeze='top_k', top_k=3)
-  with pytest.raises(checks.ConfigError, match='top_k=3.*1..2'):
+  with pytest.raises(errors.ConfigError, match='top_k=3.*1..2'):
     checks.check_config(c, 1)
 
 
@@ -256,21 +256,21 @@ def test_encoder_task_config_problems(tmp_path):
   c = small(encoder_ner.get_config(), tmp_path)
   c.model.head = 'classify'
   c.train.select_metric = 'auc'
-  with pytest.raises(checks.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     checks.check_config(c, 1)
   assert "needs config.model.head='tag'" in str(e.value)
   assert "select_metric='auc'" in str(e.value) and "'f1'" in str(e.value)
   c = small(encoder_ner.get_config(), tmp_path)
   c.model.num_labels = 5
-  with pytest.raises(checks.ConfigError, match=r'has 7 labels.*num_labels=7, not 5'):
+  with pytest.raises(errors.ConfigError, match=r'has 7 labels.*num_labels=7, not 5'):
     setup_lib.setup(c, str(tmp_path / 'w'), jax.devices()[:1])
   c = small(encoder_ner.get_config(), tmp_path)
   c.model.kind = 'decoder'
-  with pytest.raises(checks.ConfigError, match="set config.model.kind='encoder'"):
+  with pytest.raises(errors.ConfigError, match="set config.model.kind='encoder'"):
     checks.check_config(c, 1)
   c = tiny.get_config()
   c.data.task, c.model.kind = 'text', 'encoder'  # Next-token targets it could see.
-  with pytest.raises(checks.ConfigError, match="kind='encoder' trains with the encoder tasks"):
+  with pytest.raises(errors.ConfigError, match="kind='encoder' trains with the encoder tasks"):
     checks.check_config(c, 1)
 
 

@@ -11,13 +11,14 @@ import pytest
 
 from configs import tiny
 from selffb import checkpoint
+from selffb import errors
 from selffb import runtime
+from selffb.assemble import checks
+from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
 from selffb.modes import train as train_mode
 from selffb.tasks import seq
-from selffb.train import checks
 from selffb.train import loop
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 
@@ -214,7 +215,7 @@ def test_every_config_problem_is_reported_at_once():
   c.mesh.data = 3
   c.data.addition.min_digits = 0
   c.train.log_every = 0
-  with pytest.raises(checks.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     checks.check_config(c, num_devices=8)
   message = str(e.value)
   assert 'has 6 problem(s)' in message
@@ -229,11 +230,11 @@ def test_resuming_under_a_different_model_names_the_keys(two_checkpoints):
   c, workdir = two_checkpoints
   c.model.d_model = 64
   c.optim.lr = 1e-2
-  with pytest.raises(checks.ConfigError, match=r'model.d_model 32 -> 64'):
+  with pytest.raises(errors.ConfigError, match=r'model.d_model 32 -> 64'):
     train_mode.train_and_evaluate(c, workdir)
   c.model.d_model = 32
   c.optim.clip_norm = 0.0  # The optimizer state loses a part: a different shape.
-  with pytest.raises(checks.ConfigError, match=r'optim.clip_norm 1.0 -> 0.0'):
+  with pytest.raises(errors.ConfigError, match=r'optim.clip_norm 1.0 -> 0.0'):
     train_mode.train_and_evaluate(c, workdir)
   c.optim.clip_norm = 1.0
   c.train.num_steps = 30  # A new lr and step count are allowed, and logged.

@@ -8,10 +8,10 @@ import pytest
 from configs import default
 from configs import tiny
 from selffb import optim
+from selffb.assemble import checks
 from selffb.feedback import losses
 from selffb.feedback import signals
 from selffb.tasks import seq
-from selffb.train import checks
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 

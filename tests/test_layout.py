@@ -10,8 +10,8 @@ from selffb import models
 from selffb import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GENERIC = ('selffb/train/', 'selffb/evaluators/', 'selffb/modes/', 'selffb/sampling.py',
-           'selffb/selftrain.py', 'selffb/sweep/', 'launch.py')
+GENERIC = ('selffb/assemble/', 'selffb/train/', 'selffb/evaluators/', 'selffb/modes/',
+           'selffb/sampling.py', 'selffb/sweep/', 'launch.py')
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 

@@ -13,11 +13,11 @@ import pytest
 import kind_checks
 
 from configs import tiny
+from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
 from selffb.models import lstm
 from selffb.modes import train as train_mode
 from selffb.tasks import seq
-from selffb.train import setup as setup_lib
 
 
 def lstm_config(data_dir, **train):

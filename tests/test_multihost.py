@@ -12,7 +12,7 @@ import pytest
 
 from configs import tiny
 from selffb import checkpoint
-from selffb.train import setup as setup_lib
+from selffb.assemble import setup as setup_lib
 from selffb.train import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

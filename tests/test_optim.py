@@ -5,8 +5,9 @@ import optax
 import pytest
 
 from configs import default
+from selffb import errors
 from selffb import optim
-from selffb.train import checks
+from selffb.assemble import resume as resume_lib
 
 
 def optim_config(**overrides):
@@ -262,7 +263,7 @@ def test_the_place_orders_the_chain():
 
 
 def resume(saved_optim, current_optim, saved_drop=()):
-  """checks.resume_changes for a default config saved with these optim values, resumed with
+  """resume_lib.resume_changes for a default config saved with these optim values, resumed with
   those; `saved_drop` keys are left out of the saved config, as older selffbs wrote it."""
   saved, current = default.get_config(), default.get_config()
   for c in (saved, current):
@@ -273,11 +274,11 @@ def resume(saved_optim, current_optim, saved_drop=()):
   for key in saved_drop:
     del saved_dict['optim'][key]
   params = {'kernel': jax.ShapeDtypeStruct((2, 2), jnp.float32)}
-  return checks.resume_changes(saved_dict, current, params)
+  return resume_lib.resume_changes(saved_dict, current, params)
 
 
 def test_resume_refuses_a_checkpoint_from_before_the_ratio_ema():
-  with pytest.raises(checks.ConfigError, match='written before optim.feedback_scale_at existed'):
+  with pytest.raises(errors.ConfigError, match='written before optim.feedback_scale_at existed'):
     resume({}, {}, saved_drop=('feedback_scale_at',))
 
 
@@ -285,5 +286,5 @@ def test_resume_across_feedback_settings():
   assert resume({}, {}) == {}
   assert resume({'feedback_scale': 'none'}, {}) == {
       'optim.feedback_scale': ('none', 'relative')}  # The same state: it resumes.
-  with pytest.raises(checks.ConfigError, match="feedback_scale_at 'gradients' -> 'updates'"):
+  with pytest.raises(errors.ConfigError, match="feedback_scale_at 'gradients' -> 'updates'"):
     resume({}, {'feedback_scale_at': 'updates'})  # The chain's states come in another order.

@@ -15,6 +15,7 @@ import kind_checks
 from configs import feedback_finetune
 from configs import tiny
 from selffb import errors
+from selffb.assemble import checks
 from selffb.data import pipeline
 from selffb.data import tokenizers
 from selffb.feedback import losses
@@ -25,7 +26,6 @@ from selffb.modes import train as train_mode
 from selffb.tasks import addition_feedback
 from selffb.tasks import feedback as task
 from selffb.tasks import seq
-from selffb.train import checks
 
 RULES = records.Rules()
 GOOD = {'prompt': 'p', 'response': 'r', 'rating': 3}
@@ -282,7 +282,7 @@ def test_records_too_long_for_the_model_are_problems_with_line_numbers(tmp_path)
 
 def test_train_mode_refuses_the_feedback_task(tmp_path):
   c = feedback_config(tmp_path, train_path=write(tmp_path / 'f.jsonl', [GOOD]))
-  with pytest.raises(checks.ConfigError, match='--mode=finetune'):
+  with pytest.raises(errors.ConfigError, match='--mode=finetune'):
     train_mode.train_and_evaluate(c, str(tmp_path / 'run'))
 
 
@@ -449,21 +449,21 @@ def test_the_starting_run_must_match_the_model_the_format_and_a_resumed_run(tmp_
   c.finetune.init_workdir = str(init)
   finetune_mode.check_inputs(c)  # The default run: same model, aligned addition.
   c.data.feedback.base_task = ''
-  with pytest.raises(checks.ConfigError, match='laid out as AlignedFormat.*set config.data.'
+  with pytest.raises(errors.ConfigError, match='laid out as AlignedFormat.*set config.data.'
                      'feedback.base_task'):
     finetune_mode.check_inputs(c)
   c = feedback_finetune.get_config()
   c.finetune.init_workdir = str(init)
   c.model.d_model = 32
-  with pytest.raises(checks.ConfigError, match='model.d_model 64 \\(run\\) vs 32'):
+  with pytest.raises(errors.ConfigError, match='model.d_model 64 \\(run\\) vs 32'):
     finetune_mode.check_inputs(c)
   c.model.d_model = 64
   c.finetune.init_workdir = str(tmp_path / 'nothing')
-  with pytest.raises(checks.ConfigError, match='holds no run'):
+  with pytest.raises(errors.ConfigError, match='holds no run'):
     finetune_mode.check_inputs(c)
   work = tmp_path / 'work'
   work.mkdir()
   (work / 'config.json').write_text(json.dumps(c.to_dict()))
   c.finetune.init_workdir = str(init)
-  with pytest.raises(checks.ConfigError, match='reference of its preference terms'):
+  with pytest.raises(errors.ConfigError, match='reference of its preference terms'):
     finetune_mode.check_inputs(c, str(work))

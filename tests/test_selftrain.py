@@ -6,19 +6,20 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from selffb import report
+from selffb import errors
 from selffb import runtime
-from selffb import selftrain
+from selffb.assemble import checks
 from selffb.data import pipeline
 from selffb.data import tokenizers
 from selffb.feedback import scoring
 from selffb.feedback import signals
 from selffb.modes import dry_run
 from selffb.modes import sample as sample_mode
+from selffb.modes import selftrain
+from selffb.modes import selftrain_report
 from selffb.tasks import addition
 from selffb.tasks import addition_problems
 from selffb.tasks import seq
-from selffb.train import checks
 
 
 # ---- Pure scoring and selection. ----
@@ -99,9 +100,9 @@ def test_selftrain_inputs_are_checked_before_any_data_is_written(tmp_path):
   c = tiny.get_config()
   c.data.update(task='text', seq_len=16, data_dir=str(tmp_path / 'data'))
   c.data.text.paths = str(tmp_path / 'a.txt')
-  with pytest.raises(checks.ConfigError, match="task='text' has none"):
+  with pytest.raises(errors.ConfigError, match="task='text' has none"):
     selftrain.run_selftrain(c, str(tmp_path / 'run'))
-  with pytest.raises(checks.ConfigError, match="task='text' has none"):
+  with pytest.raises(errors.ConfigError, match="task='text' has none"):
     dry_run.plan(c, str(tmp_path / 'run'), 'selftrain')  # The dry run checks as much.
   c = tiny.get_config()
   c.data.data_dir = str(tmp_path / 'data')
@@ -358,7 +359,7 @@ def test_rounds_figure_has_a_title_and_its_legend_outside_the_lines():
            'test': {str(n): min(1.0, 0.2 * r + (n <= 4)) for n in range(1, 9)}} for r in range(4)]
   rows.append({'run': 'control', 'round': 3, 'digits': '1-4',
                'test': {str(n): float(n <= 4) for n in range(1, 9)}})
-  fig = report.figure(rows)
+  fig = selftrain_report.figure(rows)
   ax = fig.axes[0]
   assert ax.get_title() and ax.get_xlabel() == 'operand digits'
   legend = ax.get_legend()

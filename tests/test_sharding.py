@@ -4,11 +4,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import tiny
+from selffb import errors
 from selffb import sharding
+from selffb.assemble import checks
+from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
 from selffb.tasks import seq
-from selffb.train import checks
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 
@@ -91,12 +92,12 @@ def test_rules_that_do_not_fit_the_model_are_errors():
   c.mesh.data, c.mesh.tensor = 1, 8  # 4 heads cannot split 8 ways.
   c.mesh.rules.vocab = 'fsdp'
   c.mesh.rules.experts = 'data'
-  with pytest.raises(checks.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     checks.check_config(c, num_devices=8)
   assert 'rules.heads' in str(e.value) and 'rules.experts' in str(e.value)
   assert 'rules.vocab' not in str(e.value)  # fsdp is 1 here: nothing to split.
   c.train.grad_accum_steps = 3
-  with pytest.raises(checks.ConfigError, match='times grad_accum_steps=3'):
+  with pytest.raises(errors.ConfigError, match='times grad_accum_steps=3'):
     checks.check_config(c, num_devices=8)
 
 

@@ -21,11 +21,12 @@ from selffb import checkpoint
 from selffb import metrics
 from selffb import provenance
 from selffb import runtime
+from selffb.assemble import checks
+from selffb.assemble import resume
 from selffb.modes import run_config
 from selffb.sweep import aggregate
 from selffb.sweep import plan
 from selffb.sweep import run
-from selffb.train import checks
 from selffb.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,7 +201,7 @@ def test_provenance_records_git_and_versions_and_survives_without_git(monkeypatc
 def test_a_run_saved_before_config_slurm_still_evaluates(tmp_path):
   old = default.get_config().to_dict()
   del old['slurm']
-  assert checks.config_changes(old, default.get_config()) == {}
+  assert resume.config_changes(old, default.get_config()) == {}
   (tmp_path / 'config.json').write_text(json.dumps(old))
   as_json = lambda c: json.loads(json.dumps(c.slurm.to_dict()))  # Tuples as JSON lists.
   assert as_json(run_config.load(None, str(tmp_path))) == as_json(default.get_config())

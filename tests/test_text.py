@@ -11,13 +11,13 @@ import tensorflow_datasets as tfds
 from configs import tiny
 from selffb import errors
 from selffb import models
+from selffb.assemble import checks
+from selffb.assemble import setup as setup_lib
 from selffb.data import lm as lm_data
 from selffb.data import pipeline
 from selffb.data import text
 from selffb.data import tokenizers
 from selffb.tasks import lm
-from selffb.train import checks
-from selffb.train import setup as setup_lib
 import kind_checks
 
 TOK = tokenizers.ByteTokenizer()

@@ -12,19 +12,19 @@ import pytest
 
 from configs import tiny
 from selffb import checkpoint
+from selffb import errors
 from selffb import sharding
+from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
-from selffb.evaluators import teacher_forced
 from selffb.modes import dry_run
 from selffb.modes import evaluate as evaluate_mode
 from selffb.modes import sample as sample_mode
 from selffb.modes import train as train_mode
 from selffb.tasks import seq
-from selffb.train import checks
 from selffb.train import loop
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
+from selffb.train import validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,7 +157,7 @@ def test_teacher_forced_exact_equals_greedy(trained, data_dir):
   _, _, best, _, _ = checkpoint.restore(checkpoint.make_manager(workdir, 2), None, None)
   for n, greedy in summary['exact_match'].items():
     batches = seq.eval_batches(s.splits[f'test_{n}'], s.tokenizer, 32)
-    got = teacher_forced.evaluate(p_eval, best, batches, s.mesh, seq.EVAL_KEYS)['exact']
+    got = validation.evaluate(p_eval, best, batches, s.mesh, seq.EVAL_KEYS)['exact']
     assert got == pytest.approx(greedy)
   assert any(v > 0 for v in summary['exact_match'].values())
 
@@ -172,7 +172,7 @@ def test_eval_mode_reports_the_checkpoint(trained, tmp_path):
   # restores the same parameters and would report made-up figures).
   other = c.copy_and_resolve_references()
   other.model.positions = 'none'
-  with pytest.raises(checks.ConfigError, match=r"model.positions 'rope' \(run\) vs 'none'"):
+  with pytest.raises(errors.ConfigError, match=r"model.positions 'rope' \(run\) vs 'none'"):
     evaluate_mode.evaluate_checkpoint(other, workdir)
   # Evaluation-time keys may change: another evaluator over the same splits.
   other = c.copy_and_resolve_references()

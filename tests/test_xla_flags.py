@@ -6,10 +6,10 @@ import pytest
 
 from configs import tiny
 from selffb import sharding
+from selffb.assemble import setup as setup_lib
 from selffb.cpu import xla_flags
 from selffb.data import pipeline
 from selffb.tasks import seq
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 

@@ -16,35 +16,14 @@ import numpy as np
 
 from selffb import errors
 from selffb import runtime
+from selffb.data import tokenizer_base
+from selffb.data import wordpiece
 
-PAD, BOS, EOS, UNK = 0, 1, 2, 3  # Special ids, the same in every tokenizer here.
+PAD, BOS, EOS, UNK = tokenizer_base.PAD, tokenizer_base.BOS, tokenizer_base.EOS, tokenizer_base.UNK
 MODEL_TYPES = ('unigram', 'bpe')
 
 
-class Tokenizer:
-  """What every tokenizer shares: `encode_prompt`, `encode_many` and `decode` over its own
-  `encode` and `_decode` (ids without specials -> text); for masked LM its `special_ids`, the
-  `regular_ids` a random replacement is drawn from, and `word_boundaries()`: [V] bool arrays
-  of the tokens that begin a word and of those after which a word begins."""
-  pad_id, bos_id, eos_id = PAD, BOS, EOS
-  special_ids = (PAD, BOS, EOS)
-
-  def encode_many(self, texts):
-    return [self.encode(t) for t in texts]
-
-  def encode_prompt(self, text):
-    """bos + the text: what a model is given to continue."""
-    return np.concatenate([[self.bos_id], self.encode(text)]).astype(np.int32)
-
-  def decode(self, ids):
-    """Ids up to the first eos, specials dropped, as text."""
-    ids = np.asarray(ids).tolist()
-    if self.eos_id in ids:
-      ids = ids[:ids.index(self.eos_id)]
-    return self._decode([i for i in ids if i not in (self.pad_id, self.bos_id, self.eos_id)])
-
-
-class ByteTokenizer(Tokenizer):
+class ByteTokenizer(tokenizer_base.Tokenizer):
   """UTF-8 bytes shifted past three specials: pad 0, bos 1, eos 2 (invalid UTF-8 decodes to
   U+FFFD)."""
   offset = 3
@@ -68,7 +47,7 @@ class ByteTokenizer(Tokenizer):
     return bytes(i - self.offset for i in ids).decode('utf-8', 'replace')
 
 
-class SentencePieceTokenizer(Tokenizer):
+class SentencePieceTokenizer(tokenizer_base.Tokenizer):
   """A SentencePiece model (`proto`, its serialized bytes) with pad 0, bos 1, eos 2, unk 3 (as
   `train` writes it; a given model must have the same specials)."""
 
@@ -250,7 +229,6 @@ def get(d, texts=None, fingerprint='', cache_dir=''):
   if d.tokenizer == 'byte':
     return ByteTokenizer()
   if d.tokenizer == 'wordpiece':
-    from selffb.data import wordpiece  # pylint: disable=g-import-not-at-top
     return wordpiece.WordPieceTokenizer(d.wordpiece.path)
   if d.sentencepiece.model:
     return load(d.sentencepiece.model)

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from selffb import errors
-from selffb.data import tokenizers
+from selffb.data import tokenizer_base
 
 SPECIALS = {'pad_id': '[PAD]', 'unk_id': '[UNK]', 'bos_id': '[CLS]', 'eos_id': '[SEP]',
             'mask_id': '[MASK]'}
@@ -42,7 +42,7 @@ def _load(path, lowercase):
                           'vocab.txt; give a Hugging Face BERT checkpoint directory.')
 
 
-class WordPieceTokenizer(tokenizers.Tokenizer):
+class WordPieceTokenizer(tokenizer_base.Tokenizer):
   """A BERT checkpoint's WordPiece tokenizer (`path`, its directory). `lowercase` applies to a
   `vocab.txt` only (None: as `tokenizer_config.json` says, else True); a `tokenizer.json`
   carries its own normalizer."""

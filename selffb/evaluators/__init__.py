@@ -2,11 +2,11 @@
 `splits` glob it reads); each is built from (entry, Setup) and has `run(params) -> metrics`."""
 from selffb.evaluators import continuations
 from selffb.evaluators import greedy
-from selffb.evaluators import report
+from selffb.evaluators import labelling
 from selffb.evaluators import teacher_forced
 
 EVALUATORS = {'greedy_exact_match': greedy.Evaluator, 'teacher_forced': teacher_forced.Evaluator,
-              'continuations': continuations.Evaluator, 'report': report.Evaluator}
+              'continuations': continuations.Evaluator, 'report': labelling.Evaluator}
 
 
 def problems(evals):

@@ -1,16 +1,24 @@
 """--dry_run: every check and the model built abstractly, then a summary of what the run would
 do; nothing is written and no data is made."""
+import functools
 import math
 import os
 
 import jax
 from absl import logging
 
-from selffb import selftrain
+from selffb.assemble import setup as setup_lib
 from selffb.modes import finetune
 from selffb.modes import run_config
-from selffb.train import setup as setup_lib
+from selffb.modes import selftrain
+from selffb.modes import train
 from selffb.train import state as state_lib
+
+
+def mode_inputs(mode, workdir=None):
+  """The own checks of --mode=`mode` (None for eval and sample, which take the run's config)."""
+  return {'train': train.inputs, 'selftrain': selftrain.inputs,
+          'finetune': functools.partial(finetune.inputs, workdir=workdir)}.get(mode)
 
 
 def plan(config, workdir, mode):
@@ -18,11 +26,7 @@ def plan(config, workdir, mode):
   returns it as a dict."""
   if mode in ('eval', 'sample'):
     config = run_config.load(config, workdir)
-  elif mode == 'selftrain':
-    selftrain.check_inputs(config)
-  elif mode == 'finetune':
-    finetune.check_inputs(config, workdir)
-  s = setup_lib.setup(config, workdir, with_data=False)
+  s = setup_lib.setup(config, workdir, with_data=False, mode_inputs=mode_inputs(mode, workdir))
   shapes = jax.tree.leaves(state_lib.abstract_params(s))
   c = config
   summary = {

@@ -3,12 +3,12 @@ self-training run, its last finished round)."""
 from absl import logging
 
 from selffb import evaluators
-from selffb import selftrain
+from selffb.assemble import setup as setup_lib
 from selffb.modes import run_config
-from selffb.evaluators import teacher_forced
-from selffb.train import setup as setup_lib
+from selffb.modes import selftrain
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
+from selffb.train import validation
 
 
 def evaluate_checkpoint(config, workdir):
@@ -19,7 +19,7 @@ def evaluate_checkpoint(config, workdir):
   step, best_params, book = state_lib.restore_best_params(s, selftrain.model_dir(workdir))
   val_batches = s.task.eval_batches(s.splits['validation'], s.tokenizer,
                                     config.data.eval_batch_size, s.fmt)
-  val = teacher_forced.evaluate(step_lib.jit_eval_step(s), best_params, val_batches, s.mesh,
+  val = validation.evaluate(step_lib.jit_eval_step(s), best_params, val_batches, s.mesh,
                                 s.task.EVAL_KEYS)
   evals = evaluators.build(config.evals, s)
   results = evaluators.run(evals, best_params)

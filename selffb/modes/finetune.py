@@ -12,6 +12,7 @@ often corrections beat the responses they replaced, and config.evals before and 
 summary.json, written last, marks a finished run.
 """
 import dataclasses
+import functools
 import os
 
 import jax
@@ -25,58 +26,66 @@ from selffb import metrics as metrics_lib
 from selffb import provenance
 from selffb import runtime
 from selffb import sampling
-from selffb import selftrain
 from selffb import sharding
 from selffb import tasks
+from selffb.assemble import checks
+from selffb.assemble import resume
+from selffb.assemble import setup as setup_lib
 from selffb.modes import run_config
-from selffb.train import checks
+from selffb.modes import selftrain
 from selffb.train import loop
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
 
 
-def check_inputs(config, workdir=None):
-  """What --mode=finetune needs beyond the config checks: a task with finetune hooks; an init
-  run (if any) that exists, with this model, tokenizer and sequence format; and, resuming in
-  `workdir`, the starting run it began from (the preference terms' reference)."""
+def inputs(config, workdir=None):
+  """--mode=finetune's own checks, run with the config's, as (problems, nothing built): a task
+  with finetune hooks; an init run (if any) that exists, with this model, tokenizer and sequence
+  format; and, resuming in `workdir`, the starting run it began from (the preference terms'
+  reference)."""
   task = tasks.get(config.data.task)
   if not getattr(task, 'SUPPORTS_FINETUNE', False):
-    raise checks.ConfigError(f"--mode=finetune trains on recorded feedback: config.data.task="
-                             f"{config.data.task!r} has no finetune hooks; use 'feedback'.")
-  init = config.finetune.init_workdir
+    return [f"--mode=finetune trains on recorded feedback: config.data.task="
+            f"{config.data.task!r} has no finetune hooks; use 'feedback'."], None
+  found, init = [], config.finetune.init_workdir
   if workdir and os.path.exists(os.path.join(workdir, 'config.json')):
     before = run_config.saved(workdir).get('finetune', {}).get('init_workdir', '')
     if before != init:
-      raise checks.ConfigError(
-          f'{workdir} was fine-tuned from finetune.init_workdir={before!r}, now {init!r}: the '
-          'reference of its preference terms would change mid-run. Use a new --workdir.')
+      found.append(f'{workdir} was fine-tuned from finetune.init_workdir={before!r}, now '
+                   f'{init!r}: the reference of its preference terms would change mid-run. Use a '
+                   'new --workdir.')
   if init:
-    _check_init(config, init, task)
+    found.extend(_init_problems(config, init, task))
+  return found, None
 
 
-def _check_init(config, init, task):
+def check_inputs(config, workdir=None):
+  """ConfigError listing the problems of `inputs`, if any."""
+  checks.raise_problems(inputs(config, workdir)[0])
+
+
+def _init_problems(config, init, task):
+  """The first reason the run in `init` cannot start this fine-tune, if any."""
   try:
-    saved = checks.migrate(run_config.saved(init))
+    saved = resume.migrate(run_config.saved(init))
   except FileNotFoundError as e:
-    raise checks.ConfigError(f'config.finetune.init_workdir: {e}') from None
+    return [f'config.finetune.init_workdir: {e}']
   current = metrics_lib.flatten(config.to_dict(), '.')
   differ = [k for k in sorted(set(saved) | set(current))
             if k.startswith(('model.', 'data.tokenizer', 'data.sentencepiece'))
             and saved.get(k) != current.get(k)]
   if differ:
-    raise checks.ConfigError(
-        f'config.finetune.init_workdir={init!r} was trained with another model: ' +
-        ', '.join(f'{k} {saved.get(k)!r} (run) vs {current.get(k)!r}' for k in differ) +
-        '; set those keys to the run\'s values (e.g. --config.model.d_model=...).')
-  run = ml_collections.ConfigDict(checks.unflatten(saved))
+    return [f'config.finetune.init_workdir={init!r} was trained with another model: ' +
+            ', '.join(f'{k} {saved.get(k)!r} (run) vs {current.get(k)!r}' for k in differ) +
+            '; set those keys to the run\'s values (e.g. --config.model.d_model=...).']
+  run = ml_collections.ConfigDict(resume.unflatten(saved))
   trained = dataclasses.replace(tasks.get(run.data.task).batch_format(run), shift=0)
   if trained != task.batch_format(config):
-    raise checks.ConfigError(
-        f'config.finetune.init_workdir={init!r} was trained on sequences laid out as {trained} '
-        f'(task {run.data.task!r}), but these records would be laid out as '
-        f'{task.batch_format(config)}; set config.data.feedback.base_task (and its format '
-        'keys) to match the run.')
+    return [f'config.finetune.init_workdir={init!r} was trained on sequences laid out as '
+            f'{trained} (task {run.data.task!r}), but these records would be laid out as '
+            f'{task.batch_format(config)}; set config.data.feedback.base_task (and its format '
+            'keys) to match the run.']
+  return []
 
 
 def start_params(s):
@@ -134,38 +143,34 @@ def row_logps(s, params, source):
           np.concatenate([g['tokens'] for g in got])[:n])
 
 
-def _prepare(config, workdir, s):
+def _prepare(s, workdir):
   """(Setup with data, start params): the example written first if needed (under the lock)."""
-  task = tasks.get(config.data.task)
-  data_dir = config.data.data_dir or os.path.join(workdir, 'data')
-  train_path, _ = task.paths(config, data_dir)
-  start = None
   if jax.process_count() > 1:  # Every host decides before process 0 may write the example.
     multihost_utils.sync_global_devices('selffb: feedback example?')
-  if s is None and not os.path.exists(train_path):
-    bare = setup_lib.setup(config, workdir, with_data=False)
-    start = start_params(bare)
-    write_example(bare, start, train_path)
-  s = s or setup_lib.setup(config, workdir)  # Reads and validates every record.
+  if s.splits:
+    return s, start_params(s)
+  train_path, _ = s.task.paths(s.config, setup_lib.data_dir_of(s.config, workdir))
+  start = None
+  if not os.path.exists(train_path):
+    start = start_params(s)
+    write_example(s, start, train_path)
+  s = setup_lib.with_data(s, workdir)  # Reads and validates every record.
   return s, start if start is not None else start_params(s)
 
 
 def finetune(config, workdir):
   """Fine-tunes in workdir (resuming), reports; returns the summary. A bad config or record
   stops it before anything is written."""
-  task = tasks.get(config.data.task)
-  check_inputs(config, workdir)
-  if config.data.feedback.train_path:  # Every record checked, as every config key.
-    s = setup_lib.setup(config, workdir)
-  else:
-    s = None
-    setup_lib.setup(config, workdir, with_data=False)
+  # With config.data.feedback.train_path every record is checked now, as every config key; the
+  # generated example is written (and read) under the lock.
+  s = setup_lib.setup(config, workdir, with_data=bool(config.data.feedback.train_path),
+                      mode_inputs=functools.partial(inputs, workdir=workdir))
   with runtime.locked(workdir), runtime.StopSignals() as signals:
-    s, start = _prepare(config, workdir, s)
+    s, start = _prepare(s, workdir)
     provenance.record(workdir)
     before = {name: row_logps(s, start, s.splits[name]) for name in ('train', 'train_all',
                                                                      'validation')}
-    s = dataclasses.replace(s, splits={**s.splits, 'train': task.with_reference(
+    s = dataclasses.replace(s, splits={**s.splits, 'train': s.task.with_reference(
         s.splits['train'], before['train'][0])})
     evals = evaluators.build(config.evals, s)
     evals_before = evaluators.run(evals, start)

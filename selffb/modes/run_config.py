@@ -6,8 +6,9 @@ import os
 
 import ml_collections
 
+from selffb import errors
 from selffb import metrics
-from selffb.train import checks
+from selffb.assemble import resume
 
 # Keys (or sections, ending with '.') --config may change at evaluation or sampling time.
 CHANGEABLE = ('sample.', 'evals.', 'mesh.', 'data.eval_batch_size', 'data.data_dir',
@@ -39,17 +40,17 @@ def load(config, workdir):
   never evaluated under settings it was not trained with.
   """
   before = saved(workdir)
-  flat = checks.migrate(before)
+  flat = resume.migrate(before)
   if config is not None:
-    changed = checks.config_changes(before, config)
+    changed = resume.config_changes(before, config)
     fixed = [k for k in changed if k.startswith(FIXED) and not _changeable(k)]
     if fixed:
-      raise checks.ConfigError(
+      raise errors.ConfigError(
           f'the run in {workdir} was trained with other settings than --config gives: ' +
           ', '.join(f'{k} {changed[k][0]!r} (run) vs {changed[k][1]!r}' for k in fixed) +
           ". eval and sample read the run's own config: drop --config, or those overrides.")
     flat.update((k, v) for k, v in metrics.flatten(config.to_dict(), '.').items()
                 if _changeable(k))
-  run = ml_collections.ConfigDict(checks.unflatten(flat))
+  run = ml_collections.ConfigDict(resume.unflatten(flat))
   run.lock()
   return run

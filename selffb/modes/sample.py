@@ -9,9 +9,9 @@ from absl import logging
 
 from selffb import errors
 from selffb import sampling
-from selffb import selftrain
+from selffb.assemble import setup as setup_lib
 from selffb.modes import run_config
-from selffb.train import setup as setup_lib
+from selffb.modes import selftrain
 from selffb.train import state as state_lib
 
 

@@ -10,20 +10,25 @@ from selffb import metrics as metrics_lib
 from selffb import provenance
 from selffb import runtime
 from selffb import tasks
-from selffb.train import checks
-from selffb.train import init_from
+from selffb.assemble import init_from
+from selffb.assemble import setup as setup_lib
 from selffb.train import loop
-from selffb.train import setup as setup_lib
+
+
+def inputs(config):
+  """--mode=train's own check, as (problems, nothing built)."""
+  if getattr(tasks.get(config.data.task), 'SUPPORTS_FINETUNE', False):
+    return [f'config.data.task={config.data.task!r} trains with --mode=finetune, which computes '
+            'its preference reference first.'], None
+  return [], None
 
 
 def train_and_evaluate(config, workdir):
   """Trains in workdir (resuming from its latest checkpoint), evaluates, reports; returns the
   summary. Process 0 holds a lock on workdir for the whole run (hosts share the workdir).
   summary.json, written last, marks a finished run."""
-  if getattr(tasks.get(config.data.task), 'SUPPORTS_FINETUNE', False):
-    raise checks.ConfigError(f'config.data.task={config.data.task!r} trains with --mode=finetune'
-                             ', which computes its preference reference first.')
-  s = setup_lib.setup(config, workdir)  # Fails on a bad config before anything is written.
+  # Fails on a bad config before anything is written.
+  s = setup_lib.setup(config, workdir, mode_inputs=inputs)
   with runtime.locked(workdir), runtime.StopSignals() as signals:
     provenance.record(workdir)
     init = functools.partial(init_from.start_params, s) if config.model.init_from else None

@@ -34,9 +34,8 @@ from absl import logging
 
 from selffb import errors
 from selffb import metrics
-from selffb import selftrain
-from selffb.modes import finetune
-from selffb.train import checks
+from selffb.assemble import checks
+from selffb.modes import dry_run
 
 MODES = ('train', 'selftrain', 'finetune')
 SPEC_KEYS = ('mode', 'seeds', 'control', 'variants')
@@ -182,16 +181,7 @@ def apply(config, overrides):
 
 def config_problems(mode, config, num_devices):
   """Everything `--mode={mode}` would refuse in `config`, before it writes anything."""
-  found = checks.problems(config, num_devices)
-  if not found and mode in ('selftrain', 'finetune'):
-    try:
-      if mode == 'selftrain':
-        selftrain.check_inputs(config, num_devices)
-      else:
-        finetune.check_inputs(config)
-    except errors.InputError as e:
-      found.append(str(e))
-  return found
+  return checks.problems(config, num_devices, dry_run.mode_inputs(mode))
 
 
 def _raise(config_file, found):

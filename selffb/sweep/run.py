@@ -19,8 +19,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from selffb import runtime
-from selffb import selftrain
 from selffb.modes import finetune as finetune_mode
+from selffb.modes import selftrain
 from selffb.modes import train as train_mode
 from selffb.sweep import aggregate
 from selffb.sweep import plan

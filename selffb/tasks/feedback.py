@@ -31,8 +31,15 @@ from selffb.data import pipeline
 from selffb.feedback import losses
 from selffb.feedback import preference
 from selffb.feedback import records
-from selffb.tasks import feedback_report
+from selffb.tasks import addition
+from selffb.tasks import classify
+from selffb.tasks import feedback_before_after
+from selffb.tasks import lm
+from selffb.tasks import mlm
+from selffb.tasks import ner
+from selffb.tasks import pairs
 from selffb.tasks import seq
+from selffb.tasks import strings
 
 BATCH_KEYS = ('inputs', 'targets', 'positions', 'loss_mask', 'rating', 'weight', 'pair', 'kto',
               'ref_logp') + seq.SOURCE_KEYS
@@ -42,15 +49,21 @@ DATA_KEYS = ('data.feedback.', 'finetune.')
 SUPPORTS_SELFTRAIN, SUPPORTS_FINETUNE = False, True
 eval_sums = seq.eval_sums
 # --mode=finetune's hooks: paths, with_reference, row_logps (ROW_KEYS) and the report's three.
-report_rows, summarize_report = feedback_report.rows, feedback_report.summarize
-report_markdown = feedback_report.markdown
+report_rows, summarize_report = feedback_before_after.rows, feedback_before_after.summarize
+report_markdown = feedback_before_after.markdown
+# The tasks whose prompts and sequence format records may take (config.data.feedback.base_task).
+BASES = {'addition': addition, 'text': lm, 'strings': strings, 'pairs': pairs, 'mlm': mlm,
+         'classify': classify, 'ner': ner}
 
 
 def _base(config):
   """The base task module (its format and test splits), or None."""
-  from selffb import tasks  # pylint: disable=g-import-not-at-top  (the registry imports this)
   name = config.data.feedback.base_task
-  return tasks.get(name) if name else None
+  if not name:
+    return None
+  if name not in BASES:
+    raise ValueError(f'config.data.task={name!r}; choose one of {tuple(BASES)}.')
+  return BASES[name]
 
 
 def batch_format(config):
@@ -265,14 +278,15 @@ def config_problems(config):
     need(not path or os.path.isfile(os.path.expanduser(path)),
          f'config.data.feedback.{key}={path!r} does not exist.')
   base = None
-  try:
-    base = _base(config)
-  except ValueError as e:
-    found.append(f'config.data.feedback.base_task: {e}'.replace('config.data.task=', ''))
-  if base is not None and base.__name__ == __name__:
+  if c.base_task == 'feedback':
     found.append("config.data.feedback.base_task='feedback' is this task; name the task the "
                  "records' prompts come from (e.g. 'addition'), or '' for plain text.")
-  elif base is not None:
+  else:
+    try:
+      base = _base(config)
+    except ValueError as e:
+      found.append(f'config.data.feedback.base_task: {e}'.replace('config.data.task=', ''))
+  if base is not None:
     found.extend(base.config_problems(config))
   need(c.train_path or (base is not None and hasattr(base, 'example_feedback')),
        'config.data.feedback.train_path is empty, so an example would be generated, but '

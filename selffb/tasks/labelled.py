@@ -10,6 +10,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from selffb import errors
 from selffb.data import named
 from selffb.data import pipeline
 from selffb.data import synthetic
@@ -154,9 +155,8 @@ def problems(config, head):
 def check_data(config, splits, tokenizer, seq_len):
   """config.model.num_labels against the data's label count (known once the data is open)."""
   del tokenizer, seq_len
-  from selffb.train import checks  # pylint: disable=g-import-not-at-top  (checks imports tasks)
   n = len(splits['train'].labels)
   if config.model.num_labels != n:
-    raise checks.ConfigError(
+    raise errors.ConfigError(
         f'config.data.task={config.data.task!r} has {n} labels {splits["train"].labels}: set '
         f'config.model.num_labels={n}, not {config.model.num_labels}.')

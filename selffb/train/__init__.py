@@ -1,2 +1,2 @@
-"""Generic training: config checks, setup, state, the pure steps and the loop; it reaches model
-kinds and tasks only through the registries."""
+"""The training engine: state, the pure steps, the loop and its validation. It is handed an
+assembled run (selffb/assemble) and knows no task, model kind, evaluator or mode."""

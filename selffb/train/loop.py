@@ -1,6 +1,7 @@
 """The training loop around the pure step: resume, steps, metrics one step late, periodic
-validation and checkpoints, stop. It knows no task metric and no model kind; the modes run the
-evaluators on what it returns."""
+validation and checkpoints, stop. It knows no task metric, model kind or evaluator: the
+assembled run hands it the resume check and (for config.train.select_metric) the validation
+scorer, and the modes run the evaluators on what it returns."""
 import contextlib
 import dataclasses
 import json
@@ -20,11 +21,9 @@ from selffb import runtime
 from selffb import sharding
 from selffb.data import pipeline
 from selffb.data import tokenizers
-from selffb.evaluators import report as report_lib
-from selffb.evaluators import teacher_forced
-from selffb.train import checks
 from selffb.train import state as state_lib
 from selffb.train import step as step_lib
+from selffb.train import validation
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,10 +106,11 @@ class _Run:
   scorer: Any  # params -> the task's validation report, for config.train.select_metric.
 
 
-def _check_resume(manager, config, params):
-  """The settings changed since the newest checkpoint (raises where it cannot resume)."""
+def _check_resume(manager, s, params):
+  """The settings changed since the newest checkpoint (raises where it cannot resume), by the
+  assembled run's resume check."""
   saved = checkpoint.saved_config(manager)
-  changed = {} if saved is None else checks.resume_changes(saved, config, params)
+  changed = {} if saved is None else s.resume_changes(saved, s.config, params)
   if changed:
     logging.warning('resuming with changed settings: %s', ', '.join(
         f'{k} {v[0]!r} -> {v[1]!r}' for k, v in changed.items()))
@@ -151,7 +151,7 @@ def _start(s, workdir, init_params, keep_best, progress_args):
   logging.info('model: %s parameters; train seq_len %d; mesh %s', f'{n_params:,}', s.seq_len,
                dict(s.mesh.shape))
   manager = checkpoint.make_manager(workdir, config.train.max_checkpoints)
-  changed = _check_resume(manager, config, state.params)
+  changed = _check_resume(manager, s, state.params)
   tokenizers.check_run_copy(s.tokenizer, workdir, manager.latest_step() is not None)
   p_train, p_eval = step_lib.compile_steps(s, state_sh)
   train_iter, val_batches = _data(s)
@@ -185,7 +185,7 @@ def _start(s, workdir, init_params, keep_best, progress_args):
              p_eval=p_eval, progress=Progress(writer, s, step, *progress_args),
              keep_best=keep_best,
              config_dict=json.loads(config.to_json_best_effort()),
-             scorer=report_lib.scorer(s, val_batches, s.splits['validation'].labels)
+             scorer=s.scorer(s, val_batches, s.splits['validation'].labels)
              if config.train.select_metric else None)
   return run, step, n_params
 
@@ -202,7 +202,7 @@ def _validate(run, step):
   the best parameters by val CE (lower is better) or by the selected score (higher is better)
   and counts evaluations without gain."""
   c, book = run.s.config.train, run.book
-  val = teacher_forced.evaluate(run.p_eval, run.state.params, run.val_batches, run.s.mesh,
+  val = validation.evaluate(run.p_eval, run.state.params, run.val_batches, run.s.mesh,
                                 run.s.task.EVAL_KEYS)
   if run.scorer is not None:
     val.update(run.scorer(run.state.params)['scores'])

@@ -1,5 +1,7 @@
-"""From a config to everything static a run needs: the registry look-ups (model kind, task,
-tokenizer), every config check, the data, the mesh, the optimizer and the feedback spec."""
+"""From a config to the assembled run (Setup), once: the registry look-ups (model kind, task,
+tokenizer), every config check (building what it checks), the data, the mesh, the optimizer and
+the feedback spec, and what the training loop is handed besides (the resume check, the
+validation scorer)."""
 import dataclasses
 import os
 from typing import Any
@@ -8,14 +10,14 @@ import jax
 import optax
 from jax.experimental import multihost_utils
 
-from selffb import models
-from selffb import optim
+from selffb import errors
 from selffb import sharding
-from selffb import tasks
+from selffb.assemble import checks
+from selffb.assemble import resume
 from selffb.data import pipeline
 from selffb.data import tokenizers
+from selffb.evaluators import labelling
 from selffb.feedback import losses
-from selffb.train import checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +34,10 @@ class Setup:
   mesh: Any
   tx: optax.GradientTransformationExtraArgs
   fb: losses.FeedbackSpec
+  mode_inputs: Any = None  # What the mode's own checks built (selftrain: its scoring inputs).
+  # What the training loop is handed (a Setup built by hand, for timing, may leave them out):
+  resume_changes: Any = None  # (saved config dict, config, params) -> changes; raises if none fit.
+  scorer: Any = None  # (Setup, batches, labels) -> params -> report, for train.select_metric.
 
   def module(self, training=False):
     """The Flax module; training mode turns dropout on."""
@@ -51,10 +57,9 @@ def _on_process_0_first(fn):
   return fn()
 
 
-def load_splits(config, workdir):
+def _load_splits(config, workdir, task):
   """The task's splits, written once under config.data.data_dir (default <workdir>/data); on
   several hosts process 0 writes them and the others open them."""
-  task = tasks.get(config.data.task)
   return _on_process_0_first(lambda: task.load_splits(config, data_dir_of(config, workdir)))
 
 
@@ -93,42 +98,61 @@ def _same_vocabulary(tokenizer, d, what):
   """`tokenizer`, if it has config.data.sentencepiece.vocab_size pieces; else ConfigError
   saying `what` = (whose model it is, the fix)."""
   if tokenizer.vocab_size != d.sentencepiece.vocab_size:
-    raise checks.ConfigError(f'{what[0]} has {tokenizer.vocab_size} pieces, not '
+    raise errors.ConfigError(f'{what[0]} has {tokenizer.vocab_size} pieces, not '
                              f'config.data.sentencepiece.vocab_size={d.sentencepiece.vocab_size}'
                              f': {what[1]}.')
   return tokenizer
 
 
-def setup(config, workdir, devices=None, with_data=True):
-  """Validates the whole config, then builds data, model, optimizer and mesh.
+def _data(config, workdir, task, fmt):
+  """(splits, tokenizer, sequence length) of the task's data, written first if need be."""
+  splits = _load_splits(config, workdir, task)
+  tokenizer = make_tokenizer(config, workdir, task, splits)
+  seq_len = config.data.seq_len or max(
+      task.example_length(r, fmt) for r in pipeline.read_all(splits['train']))
+  if seq_len > config.model.max_len:
+    raise errors.ConfigError(f'training sequences of {seq_len} tokens exceed '
+                             f'config.model.max_len={config.model.max_len}.')
+  if hasattr(task, 'check_data'):
+    task.check_data(config, splits, tokenizer, seq_len)
+  return splits, tokenizer, seq_len
+
+
+def setup(config, workdir, devices=None, with_data=True, mode_inputs=None):
+  """The assembled run: every check (and `mode_inputs`, the mode's own: see checks.survey), all
+  problems reported at once before anything is written; then data, model, optimizer and mesh.
 
   `devices` (default: all) are the devices the mesh spans. Without data (sampling, a dry run)
   the splits are empty and the sequence length is the model's.
   """
   devices = jax.devices() if devices is None else devices
-  checks.check_config(config, len(devices))
-  model, task = models.get(config.model.kind), tasks.get(config.data.task)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  fmt = task.batch_format(config)
-  if getattr(model, 'SEQ2SEQ', False):  # Prompts become the encoder's source.
+  parts = checks.check_config(config, len(devices), mode_inputs)
+  fmt = parts.task.batch_format(config)
+  if getattr(parts.model, 'SEQ2SEQ', False):  # Prompts become the encoder's source.
     fmt = dataclasses.replace(fmt, seq2seq=True)
-  splits, seq_len = {}, config.model.max_len
+  mesh = sharding.make_mesh(config.mesh, devices)
   if with_data:
-    splits = load_splits(config, workdir)
-  tokenizer = make_tokenizer(config, workdir, task, splits)
-  if with_data:
-    seq_len = config.data.seq_len or max(
-        task.example_length(r, fmt) for r in pipeline.read_all(splits['train']))
-    if seq_len > config.model.max_len:
-      raise checks.ConfigError(f'training sequences of {seq_len} tokens exceed '
-                               f'config.model.max_len={config.model.max_len}.')
-    if hasattr(task, 'check_data'):
-      task.check_data(config, splits, tokenizer, seq_len)
-  return Setup(config=config, model=model,
-               model_cfg=model.Config.from_config(config.model, tokenizer.vocab_size),
-               task=task, tokenizer=tokenizer, fmt=fmt, splits=splits,
-               seq_len=seq_len, mesh=mesh,
-               tx=optim.make_optimizer(config.optim, config.train.num_steps,
-                                       getattr(model, 'param_group', None),
-                                       config.model.num_layers),
-               fb=losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps))
+    splits, tokenizer, seq_len = _data(config, workdir, parts.task, fmt)
+  else:
+    splits, tokenizer = {}, make_tokenizer(config, workdir, parts.task, {})
+    seq_len = config.model.max_len
+  return Setup(config=config, model=parts.model, model_cfg=parts.model_cfg, task=parts.task,
+               tokenizer=tokenizer,
+               fmt=fmt, splits=splits, seq_len=seq_len, mesh=mesh, tx=parts.tx, fb=parts.fb,
+               mode_inputs=parts.mode_inputs, resume_changes=resume.resume_changes,
+               scorer=labelling.scorer if config.train.select_metric else None)
+
+
+def with_data(s, workdir):
+  """Setup `s`, assembled without data, with its data (the finetune mode writes an example
+  file first with the bare run)."""
+  splits, tokenizer, seq_len = _data(s.config, workdir, s.task, s.fmt)
+  return dataclasses.replace(s, splits=splits, tokenizer=tokenizer, seq_len=seq_len)
+
+
+def for_round(s, config, **changes):
+  """Setup `s` under `config` (a self-training round's steps and learning rate), its optimizer
+  and feedback spec built for it, with `changes` to its other fields."""
+  return dataclasses.replace(
+      s, config=config, tx=checks.optimizer(config.optim, config, s.model),
+      fb=losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps), **changes)

@@ -26,20 +26,18 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from selffb import optim
+from selffb import errors
 from selffb import provenance
-from selffb import report
 from selffb import runtime
 from selffb import sampling
 from selffb import tasks
+from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
 from selffb.evaluators import greedy
-from selffb.feedback import losses
 from selffb.feedback import scoring
 from selffb.feedback import signals
-from selffb.train import checks
+from selffb.modes import selftrain_report
 from selffb.train import loop
-from selffb.train import setup as setup_lib
 from selffb.train import state as state_lib
 
 
@@ -165,13 +163,9 @@ def _fit_round(run, directory, r, self_records, params, head, t0):
                         config.selftrain.max_self_examples)
   seq_len = max([s.seq_len] + [s.task.example_length(x, s.fmt) for x in records])
   if seq_len > config.model.max_len:
-    raise checks.ConfigError(f'round data needs {seq_len} tokens but config.model.max_len='
+    raise errors.ConfigError(f'round data needs {seq_len} tokens but config.model.max_len='
                              f'{config.model.max_len}; raise it.')
-  rs = dataclasses.replace(s, config=config, splits={**s.splits, 'train': source},
-                           seq_len=seq_len,
-                           tx=optim.make_optimizer(config.optim, config.train.num_steps),
-                           fb=losses.FeedbackSpec.from_config(config.feedback,
-                                                              config.train.num_steps))
+  rs = setup_lib.for_round(s, config, splits={**s.splits, 'train': source}, seq_len=seq_len)
   summary, params = loop.train_loop(rs, directory, run.signals, init_params=params,
                                     keep_best=False, **_progress(run, head['run'], r))
   if 'stopped_by' in summary:
@@ -183,7 +177,7 @@ def _fit_round(run, directory, r, self_records, params, head, t0):
 def _finish(run, directory, row):
   runtime.write_json(os.path.join(directory, 'report.json'), row)
   run.rows.append(row)
-  report.write(run.workdir, run.rows)
+  selftrain_report.write(run.workdir, run.rows)
   logging.info('%s round %d done: %s', row['run'], row['round'], _brief(row))
 
 
@@ -238,7 +232,7 @@ def _self_data(run, r, level):
       runtime.write_jsonl(kept_path, kept)
       logging.info('round %d: level %d prompts %d, candidates %d, kept %d, label precision %s',
                    r, level, selection['prompts'], selection['generated'], selection['kept'],
-                   report.pct(selection['label_precision']))
+                   selftrain_report.pct(selection['label_precision']))
       if not kept:
         logging.warning('round %d kept nothing (theta=%s): it trains on the original data and '
                         "earlier rounds' samples only.", r, run.s.config.selftrain.theta)
@@ -330,39 +324,37 @@ def _rounds(run):
   last = _self_arm(run, base_dir, params)
   if last is None or (st.control and not _control_arm(run, base_dir, params, last)):
     return None
-  report.write(workdir, run.rows)
+  selftrain_report.write(workdir, run.rows)
   self_rows = [r for r in run.rows if r['run'] == 'self']
   # Written last: marks the run finished (rounds.md is rewritten after every round).
   runtime.write_json(os.path.join(workdir, 'summary.json'), {
       'rounds': self_rows[-1]['round'], 'final': self_rows[-1],
       'wall_s': sum(r['wall_s'] for r in run.rows)})
   logging.info('self-training report: %s\n%s', os.path.join(workdir, 'rounds.md'),
-               report.markdown(run.rows))
+               selftrain_report.markdown(run.rows))
   return run.rows
 
 
-def check_inputs(config, num_devices=None):
-  """Every self-training input, checked before any data is written: the config (for
-  `num_devices`, default all), the task's hooks, the verifier and the ratings file. Returns
-  (weights, exact check, verifier, ratings)."""
-  checks.check_config(config, num_devices)
+def inputs(config):
+  """--mode=selftrain's own checks, run with the config's: the task's hooks, the verifier and
+  the ratings file, as (problems, (weights, exact check, verifier, ratings))."""
   st, task = config.selftrain, tasks.get(config.data.task)
   if not task.SUPPORTS_SELFTRAIN:
-    raise checks.ConfigError(f'--mode=selftrain needs a task with self-training hooks; '
-                             f'config.data.task={config.data.task!r} has none (addition has).')
+    return [f'--mode=selftrain needs a task with self-training hooks; config.data.task='
+            f'{config.data.task!r} has none (addition has).'], None
   weights = scoring.normalize_weights(st.weights.to_dict())
   exact = task.verifier(task.batch_format(config))
   verifier = scoring.resolve_verifier(st.verifier, exact)
   if weights.get('verifier') and verifier is None:
-    raise checks.ConfigError('config.selftrain.weights.verifier > 0 but config.selftrain.'
-                             'verifier is empty; name one.')
-  return weights, exact, verifier, scoring.load_ratings(st.ratings_file)
+    return ['config.selftrain.weights.verifier > 0 but config.selftrain.verifier is empty; '
+            'name one.'], None
+  return [], (weights, exact, verifier, scoring.load_ratings(st.ratings_file))
 
 
 def run_selftrain(config, workdir):
   """--mode=selftrain: the rounds in workdir (resuming), then the report; returns its rows."""
-  weights, exact, verifier, ratings = check_inputs(config)
-  s = setup_lib.setup(config, workdir)
+  s = setup_lib.setup(config, workdir, mode_inputs=inputs)
+  weights, exact, verifier, ratings = s.mode_inputs
   val, tests, held = s.task.held_out_sets(config, s.splits, s.fmt)
   with runtime.locked(workdir), runtime.StopSignals() as stop_signals:
     runtime.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
@@ -374,5 +366,5 @@ def run_selftrain(config, workdir):
 
 def _brief(row):
   test = ' '.join(f'{k}:{100 * v:.0f}' for k, v in row['test'].items())
-  return (f"greedy val exact (mean over levels) {report.pct(row['val_exact'])}; "
+  return (f"greedy val exact (mean over levels) {selftrain_report.pct(row['val_exact'])}; "
           f"greedy test exact % by level {test}")
