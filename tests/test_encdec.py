@@ -54,6 +54,7 @@ def left_padded(source, ids, pad):
   return tokens, pos
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('ids,pad', [([0], 0), ([0, 1, 2, 3], 3), ([0, 1, 2, 0, 1, 2, 1], 2)])
 def test_cached_decoding_equals_the_full_pass(model, ids, pad):
   """The decoder's ids continue from the source's last id (the third case restarts its ids per
@@ -84,6 +85,7 @@ def test_cross_attention_never_reads_source_padding(model):
                          apply(target, changed, pos)['logits'])
 
 
+@pytest.mark.slow
 def test_gradients_reach_back_only_to_the_past_and_to_the_unpadded_source(model):
   """d logits[t] / d target embedding[s] is 0 for s > t and not for s <= t; d logits[t] /
   d source embedding[j] is not 0 for every real source slot j (the encoder and the
@@ -149,7 +151,7 @@ def trained(tmp_path_factory):
   return c, workdir, train_mode.train_and_evaluate(c, workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
   _, workdir, summary = trained
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -158,7 +160,7 @@ def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
   assert summary['steps'] == 60 and set(summary['exact_match']) == {'1', '2'}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_equals_uninterrupted(trained, tmp_path):
   c, workdir, _ = trained
   kind_checks.assert_resume_equals_uninterrupted(c, workdir, tmp_path, 60)
@@ -186,7 +188,7 @@ def test_the_strings_task_reverses_or_sorts_in_disjoint_splits():
   assert any('27 strings of length 3' in f for f in found)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_self_training_round_runs_on_the_seq2seq_form_of_addition(tmp_path):
   from selffb.modes import selftrain  # pylint: disable=g-import-not-at-top
   c = encdec_config(str(tmp_path / 'data'), num_steps=20)
@@ -220,7 +222,7 @@ class TinyPairs(tfds.core.GeneratorBasedBuilder):
       yield i, {'en': word, 'de': word[::-1]}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_pairs_task_reads_a_tfds_dataset_by_name_offline(tmp_path):
   from selffb import errors  # pylint: disable=g-import-not-at-top
   from selffb.tasks import pairs  # pylint: disable=g-import-not-at-top

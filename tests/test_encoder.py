@@ -72,6 +72,7 @@ def train_losses(workdir):
 
 # The model.
 
+@pytest.mark.slow
 @pytest.mark.parametrize('norm_position', ['pre', 'post'])
 def test_attention_is_bidirectional_and_padding_is_masked(norm_position):
   cfg = model_cfg(norm_position=norm_position, positions='learned', max_len=8,
@@ -91,6 +92,7 @@ def test_attention_is_bidirectional_and_padding_is_masked(norm_position):
   assert not np.allclose(hidden(tokens)[0, :5], hidden(tokens.at[0, 4].set(17))[0, :5])
 
 
+@pytest.mark.slow
 def test_packed_segments_do_not_see_each_other():
   cfg = model_cfg(head='mlm')
   params, module = init(cfg), encoder.build(cfg)
@@ -213,6 +215,7 @@ def test_classify_loss_is_per_sequence_with_the_feedback_arm():
 
 # Freezing.
 
+@pytest.mark.slow
 @pytest.mark.parametrize('freeze,frozen', [
     ('head_only', {'embed', 'layer_0', 'layer_1', 'final_norm'}),
     ('top_k', {'embed', 'layer_0'}),
@@ -324,7 +327,7 @@ def test_a_bert_checkpoint_needs_the_encoder_it_describes(tmp_path):
 
 # Jobs.
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_bert_conll2003_fine_tunes_the_tiny_checkpoint_on_mock_data(tmp_path):
   c = small(bert_conll2003.get_config(BERT), tmp_path, steps=16)
   c.model.update(num_layers=2, d_model=32, num_heads=4, mlp_dim=64)  # The checkpoint's.
@@ -350,7 +353,7 @@ def mlm_run(tmp_path_factory):
   return c, workdir, train_mode.train_and_evaluate(c, workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_mlm_job_trains(mlm_run):
   _, workdir, summary = mlm_run
   losses, _ = train_losses(workdir)
@@ -358,13 +361,13 @@ def test_the_mlm_job_trains(mlm_run):
   assert summary['masked']['validation']['ce'] < np.log(260) - 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_mlm_job_resumes_exactly(mlm_run, tmp_path):
   c, workdir, _ = mlm_run
   kind_checks.assert_resume_equals_uninterrupted(c, workdir, tmp_path, 16)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_ner_from_the_mlm_run_selects_by_entity_f1(mlm_run, tmp_path):
   _, mlm_dir, _ = mlm_run
   c = small(encoder_ner.get_config(), tmp_path, steps=16)
@@ -390,7 +393,7 @@ def test_ner_from_the_mlm_run_selects_by_entity_f1(mlm_run, tmp_path):
   np.testing.assert_array_equal(start['tagger']['kernel'], fresh['tagger']['kernel'])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_classify_job_trains_and_reports(tmp_path):
   c = small(encoder_classify.get_config(), tmp_path, steps=16)
   workdir = str(tmp_path / 'run')

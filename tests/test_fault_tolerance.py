@@ -72,7 +72,7 @@ def uninterrupted(tmp_path_factory, data_dir):
   return workdir
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(uninterrupted, data_dir,
                                                                      tmp_path):
   kill_at = int(np.random.default_rng().integers(45, 250))
@@ -93,7 +93,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(uninterrup
   assert metric_rows(workdir) == metric_rows(uninterrupted)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
   workdir = str(tmp_path / 'preempted')
   proc = launch(workdir, data_dir, wait=False)
@@ -138,7 +138,7 @@ def test_a_non_finite_step_is_skipped_and_counted(setup_and_batch):
   assert not np.array_equal(jax.tree.leaves(state.params)[0], jax.tree.leaves(before.params)[0])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_nan_batches_stop_the_run_with_the_step_and_batch(data_dir, tmp_path, monkeypatch):
   encode = seq.encode_batch
   calls = []
@@ -189,7 +189,7 @@ def corrupt(workdir, step):
     f.truncate(os.path.getsize(victim) // 2)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(two_checkpoints, caplog):
   c, workdir = two_checkpoints
   manager = checkpoint.make_manager(workdir, 3)
@@ -225,7 +225,7 @@ def test_every_config_problem_is_reported_at_once():
   checks.check_config(tiny.get_config(), num_devices=8)  # The shipped config is valid.
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resuming_under_a_different_model_names_the_keys(two_checkpoints):
   c, workdir = two_checkpoints
   c.model.d_model = 64
@@ -242,7 +242,7 @@ def test_resuming_under_a_different_model_names_the_keys(two_checkpoints):
   assert summary['steps'] == 30
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_workdir_lock(tmp_path):
   held = runtime.acquire(str(tmp_path))
   with pytest.raises(runtime.WorkdirLocked, match=f'pid {os.getpid()}'):

@@ -37,7 +37,8 @@ def model():
   return cfg, module, params, tokens
 
 
-@pytest.mark.parametrize('prompt_len', [1, 4, 7])
+@pytest.mark.parametrize('prompt_len', [pytest.param(1, marks=pytest.mark.slow), 4,
+                                        pytest.param(7, marks=pytest.mark.slow)])
 def test_cached_continuation_equals_the_full_pass(model, prompt_len):
   cfg, module, params, tokens = model
   full = module.apply({'params': params}, tokens)[0]['logits']
@@ -93,7 +94,7 @@ def trained(tmp_path_factory):
   return c, workdir, train_mode.train_and_evaluate(c, workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
   _, workdir, summary = trained
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -102,7 +103,7 @@ def test_it_trains_and_decodes_through_the_loop_and_the_sampler(trained):
   assert summary['steps'] == 60 and set(summary['exact_match']) == {'1', '2'}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_equals_uninterrupted(trained, tmp_path):
   c, workdir, _ = trained
   kind_checks.assert_resume_equals_uninterrupted(c, workdir, tmp_path, 60)

@@ -116,6 +116,7 @@ def test_attention_implementations_and_remat_agree():
       np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('overrides', [
     dict(attention_block=5),
     pytest.param(dict(attention_block=4, scan_layers=True, remat='full'), marks=SLOW),
@@ -149,7 +150,8 @@ def test_model_gradients_equal_autodiff_attention(overrides, monkeypatch):
 @pytest.mark.parametrize('block, dtype, packed', [
     pytest.param(0, jnp.float32, False, marks=SLOW), pytest.param(4, jnp.float32, False,
                                                                   marks=SLOW),
-    (5, jnp.float32, False), (5, jnp.bfloat16, False), (5, jnp.float32, True)])
+    (5, jnp.float32, False), pytest.param(5, jnp.bfloat16, False, marks=SLOW),
+    (5, jnp.float32, True)])
 def test_causal_attention_backward_equals_autodiff(block, dtype, packed):
   """The hand-written backward of causal_attention gives JAX's gradients of the same forward,
   padding queries (a row with no valid key), a short last block and packed rows' segments
@@ -204,6 +206,7 @@ def test_negative_attention_block_is_rejected():
     decoder.Config.from_config(c, VOCAB)
 
 
+@pytest.mark.slow
 def test_scanned_layers_equal_unrolled_layers():
   cfg = make_cfg()
   params, tokens = init(cfg)
@@ -238,6 +241,7 @@ def test_cached_decoding_equals_full_forward(overrides):
   assert int(cache['index']) == 12
 
 
+@pytest.mark.slow
 def test_left_padded_prompt_matches_unpadded():
   cfg = make_cfg()
   params, tokens = init(cfg, length=6)

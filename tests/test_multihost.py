@@ -21,7 +21,7 @@ RUNNER = ("import jax; jax.config.update('jax_cpu_collectives_implementation', '
           "import sys; sys.argv = ['launch.py'] + sys.argv[1:]; exec(open('launch.py').read())")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_processes_match_one(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

@@ -214,6 +214,7 @@ def spec(**kw):
   return losses.FeedbackSpec(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_the_loss_is_the_weighted_ce_plus_dpo_and_adds_up_over_microbatches():
   b = fake_batch()
   logits = jax.random.normal(jax.random.key(0), b['inputs'].shape + (259,))
@@ -340,7 +341,7 @@ def preference_file(path, n, seed):
   return write(path, out)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_fine_tune_lifts_corrections_and_held_out_preference_accuracy(tmp_path):
   c = feedback_config(tmp_path, train_path=preference_file(tmp_path / 'train.jsonl', 240, 0),
                       validation_path=preference_file(tmp_path / 'val.jsonl', 60, 1),

@@ -127,6 +127,7 @@ def gen(tiny_model, prompts, sp, **kw):
                            **kw)
 
 
+@pytest.mark.slow
 def test_batched_prompts_of_different_lengths_match_each_alone(tiny_model):
   sp = sampling.SamplingParams(max_new_tokens=7)
   batched = gen(tiny_model, tiny_model[2], sp)
@@ -136,6 +137,7 @@ def test_batched_prompts_of_different_lengths_match_each_alone(tiny_model):
     np.testing.assert_allclose(logprobs, alone_logprobs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_logprobs_match_a_full_forward_pass(tiny_model):
   cfg, params, prompts = tiny_model
   sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=6)
@@ -146,6 +148,7 @@ def test_logprobs_match_a_full_forward_pass(tiny_model):
     np.testing.assert_allclose(logprobs, logp[np.arange(6), tokens], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sharded_sampling_equals_single_device(tiny_model):
   mesh = sharding.make_mesh(tiny.get_config().mesh)  # 8 simulated devices on the data axis.
   assert mesh.shape['data'] == 8
@@ -158,6 +161,7 @@ def test_sharded_sampling_equals_single_device(tiny_model):
       np.testing.assert_allclose(la, lb, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_prompt_lengths_share_a_bucket(tiny_model):
   sp = sampling.SamplingParams(max_new_tokens=3)
   before = sampling._generate._cache_size()

@@ -244,7 +244,7 @@ def strip_times(rows):
   return [{k: v for k, v in r.items() if k != 'wall_s'} for r in rows]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_rounds_end_to_end(uninterrupted, data_dir):
   workdir, rows = uninterrupted
   assert [(r['run'], r['round']) for r in rows] == [
@@ -287,7 +287,7 @@ class _StopAfter(runtime.StopSignals):
     return self.received is not None
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_mid_round_gives_the_same_report(uninterrupted, data_dir, tmp_path, monkeypatch):
   _, rows = uninterrupted
   workdir = str(tmp_path)
@@ -301,7 +301,7 @@ def test_resume_mid_round_gives_the_same_report(uninterrupted, data_dir, tmp_pat
   assert strip_times(resumed) == strip_times(rows)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_eval_and_sample_modes_read_the_last_round(uninterrupted, data_dir):
   workdir, _ = uninterrupted
   assert selftrain.model_dir(workdir) == os.path.join(workdir, 'rounds', 'r02')
@@ -337,7 +337,7 @@ def test_candidate_format_and_confidence():
   assert score('2a10', [], 3, aligned, [1] * 4)['format'] == 0.0
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_round_zero_can_start_from_a_train_run(uninterrupted, data_dir, tmp_path):
   workdir, rows = uninterrupted
   c = selftrain_config(data_dir)

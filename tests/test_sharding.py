@@ -45,10 +45,11 @@ def single(batches):
   return run_steps(*batches, jax.devices()[:1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mesh', [
-    pytest.param((8, 1, 1), id='data8', marks=pytest.mark.slow),
-    pytest.param((1, 8, 1), id='fsdp8', marks=pytest.mark.slow),
-    pytest.param((4, 1, 2), id='data4xtensor2', marks=pytest.mark.slow),
+    pytest.param((8, 1, 1), id='data8'),
+    pytest.param((1, 8, 1), id='fsdp8'),
+    pytest.param((4, 1, 2), id='data4xtensor2'),
     pytest.param((2, 2, 2), id='data2xfsdp2xtensor2')])
 def test_sharded_steps_equal_one_device(batches, single, mesh):
   state, losses = run_steps(*batches, jax.devices(), mesh)
@@ -79,6 +80,7 @@ def test_biases_are_sharded_like_their_outputs(batches):
   assert block['attn']['query']['bias'].addressable_shards[0].data.shape == (2, 8)  # 4 heads / 2.
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_large_batch(batches, single):
   state, losses = run_steps(*batches, jax.devices()[:1], accum=4)
   want_state, want_losses = single

@@ -307,6 +307,7 @@ def tiny_sweep(tmp_path_factory):
           'after_first_md': runs_md}
 
 
+@pytest.mark.e2e
 def test_a_rerun_skips_finished_entries_and_runs_the_rest(tiny_sweep):
   t = tiny_sweep
   assert [r['status'] for r in t['first']] == ['done']
@@ -318,6 +319,7 @@ def test_a_rerun_skips_finished_entries_and_runs_the_rest(tiny_sweep):
   assert '| 1 | one_minus | 0 | not started |' in t['after_first_md']
 
 
+@pytest.mark.e2e
 def test_the_report_holds_every_run_and_the_means_over_seeds(tiny_sweep):
   workdir = tiny_sweep['workdir']
   summaries, rows = {}, {}
@@ -369,7 +371,7 @@ def test_the_report_holds_every_run_and_the_means_over_seeds(tiny_sweep):
       'ce/seed_0', 'one_minus/seed_0', 'ce/seed_1', 'one_minus/seed_1']
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_rerunning_one_entry_in_a_fresh_dir_reproduces_it_bitwise(tiny_sweep, tmp_path):
   workdir = str(tmp_path / 'again')
   assert [r['status'] for r in run.run_sweep(load_config(TINY, STEPS), TINY, STEPS, workdir,
@@ -399,7 +401,7 @@ def launch(*args, wait=True):
                           text=True)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_launch_sweep_plan_prints_the_commands_and_bad_input_is_one_line(tmp_path):
   workdir = str(tmp_path / 'sweep')
   out = launch('--mode=sweep_plan', '--config=configs/ablations/tiny.py', f'--workdir={workdir}',
@@ -422,7 +424,7 @@ def test_launch_sweep_plan_prints_the_commands_and_bad_input_is_one_line(tmp_pat
   assert not os.path.exists(workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_submitit_local_executor_runs_one_variant(tmp_path):
   path = ablation(tmp_path / 'one.py', {'ce': {'feedback.loss': 'ce'}})
   workdir = str(tmp_path / 'sweep')
@@ -452,7 +454,7 @@ def wait_for_step(path, step, proc, timeout=300):
   raise TimeoutError(f'step {step} not reached')
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_sweep_stopped_mid_run_resumes_that_run_then_skips_it(tmp_path):
   path = ablation(tmp_path / 'two.py', {'ce': {'feedback.loss': 'ce'}}, seeds=(0, 1))
   workdir = str(tmp_path / 'sweep')
@@ -484,7 +486,7 @@ SELF_EXTRA = ''.join(f'  c.{k} = {v!r}\n' for k, v in {
     'selftrain.weights.format': 1.0, 'selftrain.theta': 0.0}.items())
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_selftrain_sweep_reports_rounds(tmp_path):
   path = ablation(tmp_path / 'self.py', {'ce': {'feedback.loss': 'ce'},
                                          'one_minus': {'feedback.loss': 'one_minus'}},
@@ -511,7 +513,7 @@ def test_a_selftrain_sweep_reports_rounds(tmp_path):
   assert '| ce | 1 | 4 | 1 | 16 |' in open(os.path.join(workdir, 'results.md')).read()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_share_round0_trains_round_zero_once_per_seed(tmp_path):
   path = ablation(tmp_path / 'share.py', {'keep_all': {'selftrain.theta': 0.0},
                                           'fewer': {'selftrain.prompts_per_round': 8}},

@@ -134,9 +134,9 @@ def test_hosts_read_disjoint_shards_that_cover_every_document(hosts):
 
 # The model keeps packed documents apart.
 
+@pytest.mark.slow
 @pytest.mark.parametrize('positions, attention', [
-    ('rope', 'einsum'), pytest.param('learned', 'einsum', marks=pytest.mark.slow),
-    pytest.param('rope', 'dot_product', marks=pytest.mark.slow)])
+    ('rope', 'einsum'), ('learned', 'einsum'), ('rope', 'dot_product')])
 def test_packing_never_lets_a_token_attend_across_documents(positions, attention):
   c = tiny.get_config()
   c.model.update(positions=positions, attention=attention, attention_block=4)
@@ -174,6 +174,7 @@ def test_packing_never_lets_a_token_attend_across_documents(positions, attention
   assert np.abs(np.asarray(unsegmented - segmented)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_packed_step_sharded_equals_one_device(tmp_path):
   for i in range(8):
     (tmp_path / f'{i}.txt').write_text(f'doc {i}\nthe fox.\n' * (i + 1))
@@ -267,7 +268,7 @@ def test_sentencepiece_trained_on_a_file_round_trips_and_is_reused(tmp_path, mon
   assert tokenizers.vocab_size(c.data) == 400  # A given model: its own vocabulary.
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_sentencepiece_model_that_does_not_match_the_checkpoint(tmp_path):
   (tmp_path / 'a.txt').write_text(''.join(f'sentence number {i} is here.\n' for i in range(400)))
   c = text_config(tmp_path, str(tmp_path / 'a.txt'), tokenizer='sentencepiece', seq_len=24)
@@ -364,7 +365,7 @@ def test_a_prepared_arrayrecord_dataset_with_split_syntax(tmp_path):
 
 # The job.
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_text_run_trains_resumes_exactly_and_samples(tmp_path):
   from selffb.modes import train as train_mode  # pylint: disable=g-import-not-at-top
   (tmp_path / 'a.txt').write_text('the quick brown fox jumps over the lazy dog.\n' * 40)

@@ -89,6 +89,7 @@ def test_bad_mesh_is_reported_before_training(data_dir, tmp_path):
     setup_lib.setup(c, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_runs_differing_only_in_data_share_their_compiled_steps(data_dir):
   """The rounds of a self-training job (new seed and data, same model and optimizer) reuse one
   compiled init, train and eval step; another learning rate (baked into the step) does not."""
@@ -117,6 +118,7 @@ def trained(tmp_path_factory, data_dir):
   return c, workdir, summary
 
 
+@pytest.mark.slow
 def test_tiny_run_trains_logs_and_reports(trained):
   c, workdir, summary = trained
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -149,6 +151,7 @@ def test_resume_equals_uninterrupted(trained, tmp_path):
   assert got_data == want_data and got_loop == want_loop
 
 
+@pytest.mark.slow
 def test_teacher_forced_exact_equals_greedy(trained, data_dir):
   c, workdir, summary = trained
   s = setup_lib.setup(c, workdir)
@@ -162,6 +165,7 @@ def test_teacher_forced_exact_equals_greedy(trained, data_dir):
   assert any(v > 0 for v in summary['exact_match'].values())
 
 
+@pytest.mark.slow
 def test_eval_mode_reports_the_checkpoint(trained, tmp_path):
   c, workdir, summary = trained
   result = evaluate_mode.evaluate_checkpoint(c, workdir)
@@ -191,7 +195,7 @@ def run_launch(*args):
                         text=True, timeout=120)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_typo_in_config_override_fails_with_the_key(tmp_path):
   workdir = tmp_path / 'run'
   out = run_launch('--config=configs/tiny.py', f'--workdir={workdir}', '--config.optim.lrr=1')
@@ -200,7 +204,7 @@ def test_typo_in_config_override_fails_with_the_key(tmp_path):
   assert not workdir.exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_user_errors_are_a_message_and_exit_code_2(tmp_path):
   workdir = tmp_path / 'run'
   out = run_launch('--config=configs/tiny.py', f'--workdir={workdir}', '--config.optim.lr=-1')
@@ -233,6 +237,7 @@ def test_early_stopping_keeps_the_best_parameters(data_dir, tmp_path):
   assert step == 20
 
 
+@pytest.mark.slow
 def test_trains_on_local_text_files(tmp_path):
   (tmp_path / 'corpus.txt').write_text('the quick brown fox jumps over the lazy dog. ' * 40)
   c = tiny_config(str(tmp_path / 'data'), num_steps=10)
@@ -243,6 +248,7 @@ def test_trains_on_local_text_files(tmp_path):
   assert summary['best_val_ce'] < 5.5  # Below uniform over bytes (log 259 = 5.56).
 
 
+@pytest.mark.slow
 def test_sample_mode_continues_prompts_from_the_checkpoint(trained, tmp_path):
   c, workdir, summary = trained
   samples = sample_mode.sample_checkpoint(c, workdir, ['1+2=', '4+3='])
@@ -277,7 +283,7 @@ def test_dry_run_counts_parameters_and_writes_nothing(tmp_path):
   assert not os.listdir(tmp_path)  # No data, no workdir.
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resuming_on_other_data_restarts_early_stopping(data_dir, tmp_path):
   c = tiny_config(data_dir, num_steps=10)
   train_mode.train_and_evaluate(c, str(tmp_path))
