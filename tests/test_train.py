@@ -13,6 +13,7 @@ import pytest
 from configs import tiny
 from selffb import checkpoint
 from selffb import errors
+from selffb import optim
 from selffb import sharding
 from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
@@ -304,7 +305,8 @@ def test_progress_line_names_the_round_and_gives_the_job_eta(caplog, monkeypatch
       self.rows.append((step, values))
 
   c = tiny_config('')
-  s = types.SimpleNamespace(config=c, seq_len=10)
+  s = types.SimpleNamespace(config=c, seq_len=10,
+                            schedule=optim.make_schedule(c.optim, c.train.num_steps))
   progress = loop.Progress(Writer(), s, 0, label='self round 2/3 | ', steps_after=300)
   metrics = {'loss': 1.0, 'ce': 1.5, 'accuracy': 0.5, 'mean_f': 0.25, 'feedback_scale': 1.0,
              'nonfinite_streak': 0}

@@ -45,6 +45,11 @@ def optimizer(optim_config, config, model):
                               getattr(model, 'param_group', None), config.model.num_layers)
 
 
+def schedule(config):
+  """The learning-rate schedule the optimizer of `config` follows (for the progress line)."""
+  return optim.make_schedule(config.optim, config.train.num_steps)
+
+
 def _collector():
   found = []
 

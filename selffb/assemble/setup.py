@@ -34,6 +34,7 @@ class Setup:
   mesh: Any
   tx: optax.GradientTransformationExtraArgs
   fb: losses.FeedbackSpec
+  schedule: Any = None  # step -> learning rate, as the optimizer's; the progress line logs it.
   mode_inputs: Any = None  # What the mode's own checks built (selftrain: its scoring inputs).
   # What the training loop is handed (a Setup built by hand, for timing, may leave them out):
   resume_changes: Any = None  # (saved config dict, config, params) -> changes; raises if none fit.
@@ -139,6 +140,7 @@ def setup(config, workdir, devices=None, with_data=True, mode_inputs=None):
   return Setup(config=config, model=parts.model, model_cfg=parts.model_cfg, task=parts.task,
                tokenizer=tokenizer,
                fmt=fmt, splits=splits, seq_len=seq_len, mesh=mesh, tx=parts.tx, fb=parts.fb,
+               schedule=checks.schedule(config),
                mode_inputs=parts.mode_inputs, resume_changes=resume.resume_changes,
                scorer=labelling.scorer if config.train.select_metric else None)
 
@@ -155,4 +157,5 @@ def for_round(s, config, **changes):
   and feedback spec built for it, with `changes` to its other fields."""
   return dataclasses.replace(
       s, config=config, tx=checks.optimizer(config.optim, config, s.model),
+      schedule=checks.schedule(config),
       fb=losses.FeedbackSpec.from_config(config.feedback, config.train.num_steps), **changes)

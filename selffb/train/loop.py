@@ -16,7 +16,6 @@ from absl import logging
 
 from selffb import checkpoint
 from selffb import metrics as metrics_lib
-from selffb import optim
 from selffb import runtime
 from selffb import sharding
 from selffb.data import pipeline
@@ -44,7 +43,7 @@ class Progress:
     self.label, self.steps_after = label, steps_after  # Steps_after: the job's, after this run.
     self.num_steps = s.config.train.num_steps
     self.tokens_per_step = s.config.data.batch_size * s.seq_len
-    self.schedule = optim.make_schedule(s.config.optim, self.num_steps)
+    self.schedule = s.schedule
     self.t_log, self.step_log, self.paused, self.compile_s = time.time(), step, 0.0, None
 
   def first_step_done(self, step, metrics, t0):
