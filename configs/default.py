@@ -133,13 +133,17 @@ def get_config(arg=None):
   c.data.feedback.example_digits = (5, 6)  # Its operand lengths (base_task 'addition').
 
   c.feedback = ml_collections.ConfigDict()
-  c.feedback.loss = 'ce'  # ce (won docs/ablations), one_minus=CE(1-F), focal, confidence=CE*F.
-  c.feedback.gamma = 2.0  # Focal exponent.
+  # The arms; F is the fused feedback below, stop-gradient'ed; p is the target's softmax
+  # probability, gradient through it: ce; one_minus CE*(1-F); focal CE*(1-p)^gamma (Lin et al.);
+  # focal_sg CE*(1-F)^gamma (focal's value, (1-F)^gamma a constant; 'focal' before issue 35);
+  # one_minus_p CE*(1-p) (seed 000 5.2.2's code as written; focal at gamma 1); confidence CE*F.
+  c.feedback.loss = 'ce'  # The loss arm (above); ce won docs/ablations.
+  c.feedback.gamma = 2.0  # Exponent of focal and focal_sg.
   c.feedback.blend = 'none'  # loss=(1-a_t)CE+a_t*arm; a_t: 'none' (1), 'linear'/'cosine' 0->1.
   c.feedback.blend_fraction = 0.5  # Share of train.num_steps over which a_t reaches 1.
   c.feedback.weights = ml_collections.ConfigDict()  # F = sum_i w_i f_i; w normalised to sum 1.
   c.feedback.weights.prob = 1.0  # Target-token probability p_t.
-  c.feedback.weights.margin = 0.0  # sigmoid(target logit - logsumexp of the other logits).
+  c.feedback.weights.margin = 0.0  # sigmoid(target logit - the largest other logit).
   c.feedback.weights.entropy = 0.0  # 1 - normalised entropy of the prediction.
   c.feedback.weights.verifier = 0.0  # Per-sequence verifier score from the batch ('verifier' key).
   c.feedback.weights.rating = 0.0  # Per-seq recorded rating in [0, 1] from batch ('rating' key).
@@ -160,13 +164,14 @@ def get_config(arg=None):
   c.optim.eps = 1e-9  # Adam epsilon.
   c.optim.weight_decay = 0.01  # Decoupled weight decay on matrices (not on norms, biases).
   c.optim.clip_norm = 1.0  # Global gradient-norm clip; 0 disables.
-  c.optim.feedback_scale = 'none'  # 'none'/'relative': s=r/EMA(r), r=(1-F_batch)/(1-EMA(F)).
+  c.optim.feedback_scale = 'none'  # none/relative: s=r/EMA(r), r=(1-F_b+e)/(EMA(1-F)+e), e floor
   c.optim.feedback_scale_at = 'gradients'  # Scale 'gradients' (before Adam) or 'updates' (after).
   c.optim.feedback_ema = 0.99  # Decay of the running means EMA(F) and EMA(r) of the feedback scale.
   c.optim.feedback_scale_min = 0.5  # Lower clip of the feedback scale.
   c.optim.feedback_scale_max = 2.0  # Upper clip of the feedback scale.
   c.optim.freeze = 'none'  # Encoder: none, head_only, top_k (head + top layers), embeddings.
   c.optim.top_k = 2  # freeze='top_k': the top layers that train.
+  c.optim.feedback_floor = 1e-3  # Relative scale's hardness floor e > 0 (defines r at F = 1).
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1_000  # Optimizer steps.

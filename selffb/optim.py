@@ -1,5 +1,6 @@
 """The Optax chain: clip -> Adam -> decoupled weight decay -> schedule, with scale_by_feedback
 before Adam (`feedback_scale_at='gradients'`) or right after it (`'updates'`)."""
+import math
 from typing import NamedTuple
 
 import jax
@@ -13,8 +14,8 @@ FREEZE = ('none', 'head_only', 'top_k', 'embeddings')
 
 
 class ScaleByFeedbackState(NamedTuple):
-  ema: jax.Array  # Running mean of the batch feedback, before bias correction.
-  ratio_ema: jax.Array  # Running mean of the raw ratio r (see scale_by_feedback), likewise.
+  ema: jax.Array  # Running mean of the batch hardness 1 - F, before bias correction.
+  ratio_ema: jax.Array  # Running mean of r - 1 (r: see scale_by_feedback), likewise.
   count: jax.Array  # Updates seen, for the EMAs' bias correction.
   scale: jax.Array  # The last scale applied (for metrics).
 
@@ -23,27 +24,31 @@ def _debiased(ema, count, decay):
   return ema / (1 - decay ** count.astype(jnp.float32))
 
 
-def relative_scale(feedback, state, decay, min_scale, max_scale):
+def relative_scale(feedback, state, decay, min_scale, max_scale, floor):
   """(scale, state after the batch) of mode 'relative'; see scale_by_feedback."""
   count = state.count + 1
-  ema = decay * state.ema + (1 - decay) * feedback
-  ratio = (1 - feedback) / jnp.maximum(1 - _debiased(ema, count, decay), 1e-6)
-  ratio_ema = decay * state.ratio_ema + (1 - decay) * ratio
-  normalised = ratio / jnp.maximum(_debiased(ratio_ema, count, decay), 1e-6)
+  hardness = 1 - feedback
+  ema = decay * state.ema + (1 - decay) * hardness
+  ratio = (hardness + floor) / (_debiased(ema, count, decay) + floor)
+  ratio_ema = decay * state.ratio_ema + (1 - decay) * (ratio - 1)
+  normalised = ratio / (1 + _debiased(ratio_ema, count, decay))
   # The first batch has nothing to compare with; r / EMA(r) is 1 there up to rounding.
   scale = jnp.where(count == 1, 1.0, jnp.clip(normalised, min_scale, max_scale))
   return scale, ScaleByFeedbackState(ema=ema, ratio_ema=ratio_ema, count=count, scale=scale)
 
 
-def scale_by_feedback(mode='relative', decay=0.99, min_scale=0.5, max_scale=2.0):
+def scale_by_feedback(mode='relative', decay=0.99, min_scale=0.5, max_scale=2.0, floor=1e-3):
   """Scales updates by a function of the batch's fused feedback `F_batch` (an extra arg).
 
-  mode 'relative': s = clip(r / EMA(r), min_scale, max_scale), r = (1 - F_batch) / (1 - EMA(F)):
-  r is how much harder the batch is than the run's recent batches, and s is r against its own
-  running mean. Both EMAs (decay `decay`) include the current batch and are bias-corrected; the
-  first step has s = 1 exactly. Batches harder than usual move the weights more, and the
-  long-run mean of s stays near 1: while F trends (it rises as the model learns) EMA(F) lags and
-  r stays below 1 as long as the trend lasts, but a steady r gives s = 1 exactly, and s departs
+  mode 'relative': s = clip(r / EMA(r), min_scale, max_scale), r = (1 - F_batch + floor) /
+  (EMA(1 - F) + floor): r is how much harder the batch is than the run's recent batches, and s is
+  r against its own running mean. Both EMAs (decay `decay`) include the current batch and are
+  bias-corrected; the first step has s = 1 exactly. `floor` > 0 is the hardness every batch has
+  on top of 1 - F, so r is defined at F = 1 (a learned task rounds to it in float32): a run of
+  batches at F = 1 gives r = floor / floor = 1. Batches harder than usual move the weights more,
+  and the long-run mean of s stays near 1: while F trends (it rises as the model learns) EMA(1 -
+  F) lags and r stays below 1 as long as the trend lasts, but a steady r gives s = 1 (exactly
+  for F = 1, whose EMAs of 1 - F and r - 1 are exactly 0; to rounding otherwise), and s departs
   from 1 only by the change of r within the EMA's horizon of about 1 / (1 - decay) steps, not by
   r's offset from 1.
   mode 'none': s = 1 (the EMAs are still tracked, so the state is the same).
@@ -54,6 +59,8 @@ def scale_by_feedback(mode='relative', decay=0.99, min_scale=0.5, max_scale=2.0)
     raise ValueError(f'feedback scale range [{min_scale}, {max_scale}] must contain 1 and be > 0.')
   if not 0 <= decay < 1:
     raise ValueError(f'config.optim.feedback_ema={decay} must be in [0, 1).')
+  if not 0 < floor < math.inf:
+    raise ValueError(f'config.optim.feedback_floor={floor} must be > 0 and finite.')
 
   def init_fn(params):
     del params
@@ -66,7 +73,7 @@ def scale_by_feedback(mode='relative', decay=0.99, min_scale=0.5, max_scale=2.0)
     if feedback is None:
       raise ValueError('scale_by_feedback needs the batch feedback: tx.update(..., feedback=F).')
     feedback = jnp.asarray(feedback, jnp.float32)
-    scale, state = relative_scale(feedback, state, decay, min_scale, max_scale)
+    scale, state = relative_scale(feedback, state, decay, min_scale, max_scale, floor)
     if mode == 'none':
       scale = jnp.ones([], jnp.float32)
       state = state._replace(scale=scale)
@@ -157,7 +164,7 @@ def make_optimizer(c, num_steps, param_group=None, num_layers=0):
   """
   clip = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm > 0 else []
   feedback = scale_by_feedback(c.feedback_scale, c.feedback_ema, c.feedback_scale_min,
-                               c.feedback_scale_max)
+                               c.feedback_scale_max, c.feedback_floor)
   adam = optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps)
   decay = ([optax.add_decayed_weights(c.weight_decay, mask=decay_mask)]
            if c.weight_decay > 0 else [])

@@ -46,6 +46,7 @@ def test_every_config_declares_only_default_keys_and_validates(name):
 
 CHECKED_ELSEWHERE = ('mesh.data', 'mesh.fsdp', 'mesh.tensor', 'model.attention_block',
                      'optim.feedback_ema', 'optim.feedback_scale_min', 'optim.feedback_scale_max',
+                     'optim.feedback_floor',
                      'sample.temperature', 'sample.top_k', 'sample.top_p',
                      'sample.max_new_tokens', 'feedback.weights.', 'selftrain.weights.',
                      'data.addition.', 'data.feedback.correction_weight',

@@ -9,6 +9,7 @@ from configs import default
 from configs import tiny
 from selffb import optim
 from selffb.assemble import checks
+from selffb.assemble import resume
 from selffb.feedback import losses
 from selffb.feedback import signals
 from selffb.tasks import seq
@@ -26,12 +27,16 @@ def test_prob_signal_is_softmax_at_target():
   np.testing.assert_allclose(signals.prob_signal(LOGITS, TARGETS), P_T, rtol=1e-6)
 
 
-def test_margin_signal_is_sigmoid_of_margin_over_other_logits():
-  # z_t - logsumexp(others) = log p_t - log(1 - p_t), so the sigmoid gives back p_t.
-  margin = np.log(P_T) - np.log(1 - P_T)
-  np.testing.assert_allclose(signals.margin_signal(LOGITS, TARGETS),
-                             1 / (1 + np.exp(-margin)), rtol=1e-6)
-  np.testing.assert_allclose(signals.margin_signal(LOGITS, TARGETS), P_T, rtol=1e-6)
+def test_margin_signal_is_sigmoid_of_margin_over_the_best_other_logit():
+  logits = jnp.array([[[2.0, 1.0, 1.0], [2.0, 1.0, -30.0], [0.5, 3.0, -1.0], [4.0, 4.0, 0.0]]])
+  targets = jnp.array([[0, 0, 0, 1]])
+  # z_t - max_{j != t} z_j: 1, 1 (the third logit does not count), -2.5, 0 (a tie).
+  expected = 1 / (1 + np.exp(-np.array([[1.0, 1.0, -2.5, 0.0]])))
+  np.testing.assert_allclose(signals.margin_signal(logits, targets), expected, rtol=1e-6)
+  assert float(signals.margin_signal(logits, targets)[0, 3]) == 0.5
+  # Not p_t: the first two rows have the same margin and different probabilities.
+  assert not np.allclose(signals.margin_signal(logits, targets), signals.prob_signal(
+      logits, targets), atol=1e-2)
 
 
 def test_entropy_signal_exact():
@@ -89,6 +94,8 @@ CE = -np.log(P_T)
     ('ce', CE),
     ('one_minus', CE * (1 - P_T)),
     ('focal', CE * (1 - P_T) ** 3),
+    ('focal_sg', CE * (1 - P_T) ** 3),  # F = p_t here: the same value as focal.
+    ('one_minus_p', CE * (1 - P_T)),
     ('confidence', CE * P_T),
 ])
 def test_loss_arms_exact(arm, per_token):
@@ -241,3 +248,93 @@ def test_the_jitted_step_reads_a_t_from_the_state_step(accum_steps):
       np.testing.assert_allclose(metrics['loss'], metrics['ce'], rtol=1e-6)  # CE alone.
   np.testing.assert_allclose(blends, [0.0, 0.5, 1.0, 1.0], rtol=1e-6)
   assert step._cache_size() == 1  # One compilation: a_t is traced, not baked in.
+
+
+# Hand-derived gradients of the mean per-token loss over the two tokens of LOGITS, with F = (p +
+# e) / 2 (sources prob and entropy, e = 1 - H / log V) and gamma 3. Every arm is w * CE' per token
+# with dCE/dz = P - y; w is (1 - F), F, (1 - F)^gamma with F a constant, and with p not stopped:
+# d/dz [CE * (1 - p)^g] = (1 - p)^g dCE/dz + CE * g (1 - p)^(g - 1) * (-dp/dz), dp/dz = -p dCE/dz,
+# so w = (1 - p)^(g - 1) * (1 - p - g p log p); the seed's form is its g = 1: 1 - p - p log p.
+GAMMA = 3.0
+ENT = 1 + (PROBS * np.log(PROBS)).sum(-1) / np.log(3)
+F_MIX = (P_T + ENT) / 2
+GRAD_WEIGHTS = {
+    'ce': np.ones_like(P_T),
+    'one_minus': 1 - F_MIX,
+    'focal': (1 - P_T) ** (GAMMA - 1) * (1 - P_T - GAMMA * P_T * np.log(P_T)),
+    'focal_sg': (1 - F_MIX) ** GAMMA,
+    'one_minus_p': 1 - P_T - P_T * np.log(P_T),
+    'confidence': F_MIX,
+}
+
+
+def arm_grad(arm, logits, targets, gamma=GAMMA, weights=None):
+  loss = lambda z: losses.feedback_loss(z, targets, jnp.ones(targets.shape), loss=arm, gamma=gamma,
+                                        weights=weights or {'prob': 1.0, 'entropy': 1.0})[0]
+  return np.asarray(jax.grad(loss)(logits))
+
+
+def test_every_arm_has_a_reference_gradient():
+  assert sorted(GRAD_WEIGHTS) == sorted(losses.LOSS_ARMS)
+
+
+@pytest.mark.parametrize('arm', sorted(GRAD_WEIGHTS))
+def test_arm_gradient_matches_the_hand_derived_one(arm):
+  y = np.eye(3)[np.asarray(TARGETS)]
+  expected = GRAD_WEIGHTS[arm][..., None] * (PROBS - y) / 2  # The mean over two tokens.
+  np.testing.assert_allclose(arm_grad(arm, LOGITS, TARGETS), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_focal_and_focal_sg_differ_in_gradient_not_value():
+  prob_only = {'prob': 1.0}
+  value = lambda arm: losses.feedback_loss(LOGITS, TARGETS, jnp.ones((1, 2)), loss=arm,
+                                           gamma=2.0, weights=prob_only)[0]
+  np.testing.assert_allclose(value('focal'), value('focal_sg'), rtol=1e-6)
+  focal, stopped = (arm_grad(a, LOGITS, TARGETS, 2.0, prob_only) for a in ('focal', 'focal_sg'))
+  assert np.abs(focal - stopped).max() > 0.1 * np.abs(stopped).max()
+
+
+@pytest.mark.parametrize('gamma', [0.0, 0.5, 1.0, 2.0, 5.0])
+def test_focal_matches_lin_et_al_closed_form(gamma):
+  # Two classes with logits (0, x): p_t = sigmoid(y x), y = +1 for target 1 and -1 for target 0;
+  # Lin et al. (2017), appendix: dFL/dx = y (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1).
+  x = np.array([-3.0, -0.7, 0.0, 0.4, 2.5])
+  logits = jnp.asarray(np.stack([np.zeros_like(x), x], -1)[None], jnp.float32)
+  for target, y in ((1, 1.0), (0, -1.0)):
+    targets = jnp.full((1, len(x)), target)
+    p_t = 1 / (1 + np.exp(-y * x))
+    closed = y * (1 - p_t) ** gamma * (gamma * p_t * np.log(p_t) + p_t - 1)
+    got = arm_grad('focal', logits, targets, gamma, {'prob': 1.0})[0, :, 1] * len(x)
+    np.testing.assert_allclose(got, closed, rtol=1e-5, atol=1e-7)
+
+
+def test_seed_form_is_focal_at_gamma_one():
+  for fn in (lambda arm: losses.feedback_loss(LOGITS, TARGETS, jnp.ones((1, 2)), loss=arm,
+                                              gamma=1.0, weights={'prob': 1.0})[0],
+             lambda arm: arm_grad(arm, LOGITS, TARGETS, 1.0)):
+    np.testing.assert_allclose(fn('one_minus_p'), fn('focal'), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize('gamma', [0.0, 0.5, 2.0])
+def test_focal_gradient_is_finite_where_p_rounds_to_one(gamma):
+  logits = jnp.array([[[60.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])  # p_t of token 0 is 1 in float32.
+  targets = jnp.array([[0, 1]])
+  assert float(signals.target_logprob(logits, targets)[0, 0]) == 0.0
+  grad = arm_grad('focal', logits, targets, gamma, {'prob': 1.0})
+  assert np.isfinite(grad).all()
+  np.testing.assert_allclose(grad[0, 0], 0.0, atol=1e-12)
+
+
+def test_a_run_saved_with_the_old_focal_resumes_as_focal_sg():
+  old = default.get_config().to_dict()
+  old['feedback']['loss'] = 'focal'
+  del old['optim']['feedback_floor']  # Saved before issue 35, when 'focal' was stop-gradient.
+  assert resume.migrate(old)['feedback.loss'] == 'focal_sg'
+  current = default.get_config()
+  current.feedback.loss = 'focal_sg'
+  assert resume.config_changes(old, current) == {}
+  current.feedback.loss = 'focal'  # Resuming it as Lin et al.'s focal is a change, and shown.
+  assert resume.config_changes(old, current) == {'feedback.loss': ('focal_sg', 'focal')}
+  new = default.get_config().to_dict()
+  new['feedback']['loss'] = 'focal'  # Saved since: it means Lin et al.'s focal and keeps it.
+  assert resume.migrate(new)['feedback.loss'] == 'focal'

@@ -45,7 +45,8 @@ def test_chain_matches_hand_written_adam():
 
 
 def test_scale_by_feedback_on_a_hand_made_sequence():
-  tx = optim.scale_by_feedback('relative', decay=0.5, min_scale=0.5, max_scale=2.0)
+  tx = optim.scale_by_feedback('relative', decay=0.5, min_scale=0.5, max_scale=2.0,
+                               floor=1e-9)  # Below the tolerance: r is (1 - F) / EMA(1 - F).
   state = tx.init(None)
   g = {'w': jnp.array([2.0, -4.0])}
   # EMA(F) (bias-corrected, including the current batch): 0.2, 7/15, 5/7, 1/3.
@@ -61,7 +62,7 @@ def test_scale_by_feedback_on_a_hand_made_sequence():
 
 
 def test_scale_by_feedback_clips():
-  tx = optim.scale_by_feedback('relative', decay=0.5, min_scale=0.8, max_scale=1.2)
+  tx = optim.scale_by_feedback('relative', decay=0.5, min_scale=0.8, max_scale=1.2, floor=1e-9)
   state = tx.init(None)
   scales = []
   for f in (0.2, 0.6, 0.9, 0.0):  # The sequence above: 1, 0.9, 0.628, 1.415 before the clip.
@@ -115,16 +116,34 @@ def test_relative_scale_keeps_stationary_feedback_near_one():
   assert scales.std() > 0.05  # Harder and easier batches still move the weights differently.
 
 
+@pytest.mark.parametrize('f', [1.0, 0.0, 0.3, 0.999])
+def test_relative_scale_is_one_for_steady_feedback(f):
+  scales = simulated_scales(np.full(500, f))
+  if f == 1.0:  # Batches at F = 1 exactly (a learned task in float32): r = floor / floor.
+    assert (scales == 1.0).all(), scales[scales != 1.0][:5]
+  np.testing.assert_allclose(scales, 1.0, rtol=1e-5)
+
+
+def test_relative_scale_returns_to_one_once_f_settles_at_one():
+  # Before issue 35, F at exactly 1 pinned s at its 0.5 minimum from the switch on. Now batches
+  # at 1 are easier than the run's recent ones only until EMA(1 - F) falls below the floor:
+  # 190 steps at the minimum here, then s returns to 1 (overshooting while r catches up).
+  after = simulated_scales(np.concatenate([np.linspace(0.5, 0.99, 300), np.ones(1700)]))[300:]
+  assert (after == 0.5).sum() < 250 and abs(after.mean() - 1) < 0.1, after.mean()
+  np.testing.assert_allclose(after[-200:], 1.0, atol=1e-3)
+
+
 def test_scale_by_feedback_none_mode_keeps_updates():
   tx = optim.scale_by_feedback('none', decay=0.5)
   state = tx.init(None)
   updates, state = tx.update({'w': jnp.ones(2)}, state, feedback=0.9)
   np.testing.assert_allclose(updates['w'], 1.0)
-  np.testing.assert_allclose(state.ema, 0.45)
+  np.testing.assert_allclose(state.ema, 0.05, rtol=1e-6)  # EMA(1 - F), before bias correction.
 
 
 def test_chain_routes_feedback_and_exposes_scale():
-  c = optim_config(feedback_ema=0.5, weight_decay=0.0, clip_norm=0.0, schedule='constant')
+  c = optim_config(feedback_ema=0.5, weight_decay=0.0, clip_norm=0.0, schedule='constant',
+                   feedback_floor=1e-9)  # The hand-made sequence's second scale, 0.9.
   tx = optim.make_optimizer(c, 10)
   params = {'w': jnp.ones(2)}
   state = tx.init(params)
@@ -172,6 +191,7 @@ def test_schedules():
     (dict(schedule='cosine'), "schedule='cosine'"),
     (dict(feedback_scale='absolute'), "feedback_scale='absolute'"),
     (dict(feedback_scale_min=1.5), 'must contain 1'),
+    (dict(feedback_floor=0.0), 'feedback_floor=0.0 must be > 0'),
     (dict(warmup_steps=20), 'warmup_steps=20'),
     (dict(feedback_scale_at='adam', warmup_steps=10), "feedback_scale_at='adam'"),
 ])
@@ -288,3 +308,10 @@ def test_resume_across_feedback_settings():
       'optim.feedback_scale': ('none', 'relative')}  # The same state: it resumes.
   with pytest.raises(errors.ConfigError, match="feedback_scale_at 'gradients' -> 'updates'"):
     resume({}, {'feedback_scale_at': 'updates'})  # The chain's states come in another order.
+
+
+def test_resume_refuses_a_relative_scale_state_from_before_the_floor():
+  with pytest.raises(errors.ConfigError, match='written before optim.feedback_floor existed'):
+    resume({}, {}, saved_drop=('feedback_floor',))  # Its state held EMA(F), not EMA(1 - F).
+  assert resume({'feedback_scale': 'none'}, {'feedback_scale': 'none'},
+                saved_drop=('feedback_floor',)) == {}  # The EMAs are unused: it resumes.

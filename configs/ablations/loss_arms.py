@@ -24,8 +24,8 @@ def sweep():
       'variants': {
           'ce': {'feedback.loss': 'ce'},
           'one_minus': {'feedback.loss': 'one_minus'},
-          'focal_g1': {'feedback.loss': 'focal', 'feedback.gamma': 1.0},
-          'focal_g2': {'feedback.loss': 'focal', 'feedback.gamma': 2.0},
+          'focal_g1': {'feedback.loss': 'focal_sg', 'feedback.gamma': 1.0},  # Measured as 'focal'.
+          'focal_g2': {'feedback.loss': 'focal_sg', 'feedback.gamma': 2.0},  # Likewise.
           'confidence': {'feedback.loss': 'confidence'},  # CE * F: the DFT loss.
           'blend_one_minus': {'feedback.loss': 'one_minus', 'feedback.blend': 'linear',
                               'feedback.blend_fraction': 0.5},

@@ -1,6 +1,7 @@
 """Which self-feedback signal should weight the loss? CE * (1 - F) with F the target token's
-probability, one minus the prediction's normalised entropy, or their mean (`margin` equals
-`prob` algebraically, so it is left out); round 0 of the default task, the optimizer's feedback
+probability, one minus the prediction's normalised entropy, or their mean (`margin` was left
+out when it equalled `prob`; since issue 35 it is the sigmoid of the target logit's margin over
+the best other logit, not yet measured); round 0 of the default task, the optimizer's feedback
 scale off, 3 seeds.
 
     python launch.py --mode=sweep --config=configs/ablations/sources.py --workdir=runs/sources

@@ -63,23 +63,32 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'data.labelled.validation_split': 'validation', 'data.labelled.test_split': 'test',
           'data.labelled.num_train': 4000, 'data.labelled.num_validation': 500,
           'data.labelled.num_test': 500, 'optim.freeze': 'none', 'optim.top_k': 2,
-          'train.select_metric': ''}
+          'train.select_metric': '',
+          # Issue 35: the relative scale's hardness floor (older runs guarded r by 1e-6 instead).
+          'optim.feedback_floor': 1e-3}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
 _STATE_LAYOUT_KEYS = ('optim.feedback_scale_at',)
 _RENAMED_VALUES = {('selftrain.verifier', 'addition'): 'task'}
+# Renames for configs saved before a key existed: before issue 35 (no optim.feedback_floor),
+# 'focal' held (1 - F)^gamma under stop-gradient, the arm now named 'focal_sg'; a config saved
+# since means Lin et al.'s focal by 'focal' and keeps it.
+_RENAMED_BEFORE = {'optim.feedback_floor': {('feedback.loss', 'focal'): 'focal_sg'}}
 
 
 def migrate(saved):
   """A saved config dict as flat {key: value}, brought up to the current layout."""
   flat = {k: v for k, v in metrics.flatten(saved, '.').items() if k not in _REMOVED}
+  renames = dict(_RENAMED_VALUES)
+  for marker, renamed in _RENAMED_BEFORE.items():
+    if marker not in flat:
+      renames.update(renamed)
   if not any(k.startswith('evals.') for k in flat):
     flat.update({k: v for k, v in _ADDED.items() if k.startswith('evals.')})
   for key, value in _ADDED.items():
     flat.setdefault(key, value)
-  return {k: _RENAMED_VALUES.get((k, v), v) if isinstance(v, str) else v
-          for k, v in flat.items()}
+  return {k: renames.get((k, v), v) if isinstance(v, str) else v for k, v in flat.items()}
 
 
 def unflatten(flat):
@@ -116,6 +125,12 @@ def resume_changes(saved, current, abstract_params):
         f'the checkpoint was written before {older[0]} existed, by a selffb whose optimizer '
         'state had another shape; its parameters still evaluate and sample, but training '
         'cannot resume from it. Use a new --workdir.')
+  if ('optim.feedback_floor' not in metrics.flatten(saved, '.')
+      and current.optim.feedback_scale == 'relative'):
+    raise errors.ConfigError(
+        'the checkpoint was written before optim.feedback_floor existed, when the relative '
+        "feedback scale's state held EMA(F) and EMA(r), not EMA(1 - F) and EMA(r - 1); it cannot "
+        "resume with optim.feedback_scale='relative'. Use a new --workdir, or 'none'.")
   changed = config_changes(saved, current)
   listed = lambda keys: ', '.join(f'{k} {changed[k][0]!r} -> {changed[k][1]!r}' for k in keys)
   model_keys = [k for k in changed if k.startswith(('model.', 'data.tokenizer'))]

@@ -1,9 +1,12 @@
 """The self-feedback loss arms: pure functions of logits, targets and the fused feedback F, and
 the dynamic objective that blends plain CE into an arm over training.
 
-F is always data: it is stop-gradient'ed before it weights the loss, so the gradient is that of
-CE times a constant per token. With a blend the loss is (1 - a_t) * CE + a_t * arm(CE, F), a_t
-rising from 0 to 1 over the first `blend_fraction` of the steps (`blend_weight`).
+F is always data: it is stop-gradient'ed before it weights the loss, so in the arms that use F
+(`one_minus`, `focal_sg`, `confidence`) the gradient is that of CE times a constant per token.
+`focal` and `one_minus_p` use the model's own target probability p_t = exp(-CE) instead, with
+the gradient through it (Lin et al.'s focal loss; seed 000's code as written). With a blend
+the loss is (1 - a_t) * CE + a_t * arm(CE, F), a_t rising from 0 to 1 over the first
+`blend_fraction` of the steps (`blend_weight`).
 """
 import dataclasses
 import math
@@ -15,10 +18,27 @@ from selffb.feedback import signals
 
 SOURCES = signals.MODEL_SOURCES + signals.BATCH_SOURCES
 WEIGHTS_KEY = 'config.feedback.weights'
+
+
+def focal(ce, f, gamma):
+  """CE * (1 - p_t)^gamma, p_t = exp(-CE) with the gradient through it (Lin et al. 2017); F is
+  not used. 1 - p_t is -expm1(-CE), exact for small CE, and where it is 0 (p_t rounds to 1) the
+  factor is a constant, so gamma < 1 gives the limit's gradient 0 there, not 0 * inf."""
+  del f
+  one_minus_p = -jnp.expm1(-ce)
+  positive = one_minus_p > 0
+  factor = jnp.where(positive, jnp.where(positive, one_minus_p, 1.0) ** gamma, 0.0 ** gamma)
+  return ce * factor
+
+
 LOSS_ARMS = {
     'ce': lambda ce, f, gamma: ce,
-    'one_minus': lambda ce, f, gamma: ce * (1.0 - f),
-    'focal': lambda ce, f, gamma: ce * (1.0 - f) ** gamma,
+    'one_minus': lambda ce, f, gamma: ce * (1.0 - f),  # F stop-gradient'ed.
+    'focal': focal,
+    # The value of focal with (1 - F)^gamma a constant: the gradient is (1 - F)^gamma * dCE.
+    'focal_sg': lambda ce, f, gamma: ce * (1.0 - f) ** gamma,
+    # Seed 000 §5.2.2 as written: CE * (1 - p_t), p_t the softmax at the target, not detached.
+    'one_minus_p': lambda ce, f, gamma: ce * -jnp.expm1(-ce),
     'confidence': lambda ce, f, gamma: ce * f,
 }
 BLENDS = {  # a_t as a function of the ramp's progress x in [0, 1].

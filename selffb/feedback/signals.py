@@ -27,15 +27,15 @@ def prob_signal(logits_BxTxV, targets_BxT):
 
 
 def margin_signal(logits_BxTxV, targets_BxT):
-  """sigmoid(z_t - logsumexp_{j != t} z_j).
+  """sigmoid(z_t - max_{j != t} z_j): the target logit's margin over the best other logit.
 
-  Algebraically this equals p_t (sigmoid(log p - log(1 - p)) = p); it is computed from the
-  margin directly, as the seeds define it, and fusing it with `prob` double-weights p_t.
+  Above 1/2 exactly when the target is the argmax; unlike p_t it ignores how the rest of the
+  probability is spread (logits (2, 1, 1) and (2, 1, -inf) give the same margin).
   """
   is_target_BxTxV = jax.nn.one_hot(targets_BxT, logits_BxTxV.shape[-1], dtype=bool)
-  others_BxT = jax.nn.logsumexp(jnp.where(is_target_BxTxV, -jnp.inf, logits_BxTxV), axis=-1)
+  best_other_BxT = jnp.max(jnp.where(is_target_BxTxV, -jnp.inf, logits_BxTxV), axis=-1)
   z_t_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], -1)[..., 0]
-  return jax.nn.sigmoid(z_t_BxT - others_BxT)
+  return jax.nn.sigmoid(z_t_BxT - best_other_BxT)
 
 
 def entropy_signal(logits_BxTxV, targets_BxT=None):
