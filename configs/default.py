@@ -95,6 +95,11 @@ def get_config(arg=None):
   c.data.labelled.num_train = 4_000  # Synthetic: training examples.
   c.data.labelled.num_validation = 500  # Synthetic: validation examples.
   c.data.labelled.num_test = 500  # Synthetic: test examples.
+  c.data.labelled.prepare = True  # Prepare an unprepared tfds_name in-process (no TF, network).
+  c.data.labelled.conll_dir = ''  # ner: CoNLL dir: eng.train/testa/testb or train/valid/test.txt.
+  c.data.labelled.train_path = ''  # ner: a local CoNLL training file (over conll_dir, tfds_name).
+  c.data.labelled.validation_path = ''  # ner: a local CoNLL validation file.
+  c.data.labelled.test_path = ''  # ner: a local CoNLL test file.
   c.data.strings = ml_collections.ConfigDict()  # task='strings': reverse or sort (seq2seq).
   c.data.strings.op = 'reverse'  # 'reverse' or 'sort' the prompt's string.
   c.data.strings.alphabet = 'abcdefghij'  # The strings' symbols.

@@ -63,7 +63,11 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'data.labelled.validation_split': 'validation', 'data.labelled.test_split': 'test',
           'data.labelled.num_train': 4000, 'data.labelled.num_validation': 500,
           'data.labelled.num_test': 500, 'optim.freeze': 'none', 'optim.top_k': 2,
-          'train.select_metric': ''}
+          'train.select_metric': '',
+          # Issue 35: local CoNLL files, labelled tfds prepared in-process.
+          'data.labelled.prepare': True, 'data.labelled.conll_dir': '',
+          'data.labelled.train_path': '', 'data.labelled.validation_path': '',
+          'data.labelled.test_path': ''}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
