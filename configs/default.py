@@ -71,6 +71,10 @@ def get_config(arg=None):
   c.data.text.pack = True  # Several docs a row (segment ids, per-doc positions); False: 1 a row.
   c.data.text.shuffle_window = 256  # Rows shuffled within windows this long (pieces of long docs).
   c.data.text.eval_sequences = 256  # Validation rows (from the start of the split) per evaluation.
+  c.data.text.train_paths = ''  # Split files (globs), over paths: training, e.g. wiki.train.tokens.
+  c.data.text.validation_paths = ''  # Split files: validation (needed with train_paths).
+  c.data.text.test_paths = ''  # Split files: an optional 'test' split.
+  c.data.text.separator = 'file'  # Local docs: 'file', 'blank_line' or 'wikitext_heading'.
   c.data.sentencepiece = ml_collections.ConfigDict()  # data.tokenizer='sentencepiece'.
   c.data.sentencepiece.model = ''  # A .model file (pad 0, bos 1, eos 2, unk 3); '' trains one.
   c.data.sentencepiece.vocab_size = 1024  # Pieces of a trained model (its cache key with the rest).

@@ -67,7 +67,10 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           # Issue 35: local CoNLL files, labelled tfds prepared in-process.
           'data.labelled.prepare': True, 'data.labelled.conll_dir': '',
           'data.labelled.train_path': '', 'data.labelled.validation_path': '',
-          'data.labelled.test_path': ''}
+          'data.labelled.test_path': '',
+          # Issue 35: local text split files and the document separator.
+          'data.text.train_paths': '', 'data.text.validation_paths': '',
+          'data.text.test_paths': '', 'data.text.separator': 'file'}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).
