@@ -4,11 +4,14 @@ for the text task, and bits per byte beside perplexity."""
 import json
 import math
 import os
+import sys
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from configs import bert_conll2003
 from configs import default
@@ -119,7 +122,7 @@ def test_conll_config_problems_name_the_missing_pieces(tmp_path):
     ner.load_splits(ner_config(conll_dir=d), '')
 
 
-@pytest.mark.e2e  # About 40 s on 2 cores.
+@pytest.mark.e2e  # 20-50 s on 2 shared cores.
 def test_bert_conll2003_fine_tunes_the_tiny_checkpoint_on_local_conll_files(tmp_path):
   d = write_conll(tmp_path / 'conll', ('eng.train', 'eng.testa', 'eng.testb'),
                   (CONLL_TRAIN * 8, CONLL_VALID, CONLL_TEST))
@@ -187,7 +190,7 @@ def test_split_files_are_the_splits_as_named(tmp_path):
   assert any("separator='page'" in p for p in found)
 
 
-@pytest.mark.e2e  # Some 20 s on 2 cores.
+@pytest.mark.e2e  # 15-40 s on 2 shared cores.
 def test_a_wikitext_directory_trains_text_lm_with_its_validation_file(tmp_path):
   d = write_wikitext(tmp_path / 'wikitext', copies=20)
   c = text_lm.get_config('byte')
@@ -248,3 +251,17 @@ def test_sentencepiece_target_bytes_sum_to_the_documents_utf8_bytes(tmp_path):
   for doc, ids in zip(docs, lm_data.encode_docs(docs, tok)):
     got = tok.target_bytes(ids[:-1], ids[1:])
     assert got.sum() == len(doc.encode('utf-8'))
+
+
+def test_conll2003_is_prepared_in_process_without_tensorflow(tmp_path, monkeypatch):
+  """tfds's conll2003 builder reads its download with no TensorFlow: with data.labelled.prepare
+  the ner task writes it as ArrayRecord and reads it (the download is the test's files)."""
+  d = write_conll(tmp_path / 'download')
+  monkeypatch.setattr(tfds.download.DownloadManager, 'download_and_extract',
+                      lambda self, url: epath.Path(d))
+  c = ner_config(tfds_name='conll2003', validation_split='dev', prepare=True)
+  c.data.data_dir = str(tmp_path / 'tfds')
+  splits = ner.load_splits(c, '')
+  assert [len(splits[s]) for s in ('train', 'validation', 'test')] == [3, 1, 2]
+  assert splits['train'].labels[:3] == ('O', 'B-PER', 'I-PER')
+  assert 'tensorflow' not in sys.modules
