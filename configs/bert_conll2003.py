@@ -7,6 +7,15 @@ safe_serialization=True), named after the config file:
     python launch.py --config=configs/bert_conll2003.py:/path/to/bert-base-cased \\
         --workdir=runs/bert_conll2003
 
+From the three files a user downloads instead (CoNLL's four columns, `word POS chunk NER`;
+selffb/data/conll.py), a directory holding eng.train / eng.testa / eng.testb or train.txt /
+valid.txt / test.txt, or each file by its key (`data.labelled.train_path`, `validation_path`,
+`test_path`); local files win over the tfds dataset, and the tag set is the training file's
+(`--config.model.num_labels` must be its size: 9 for IOB2 files, and the error names it otherwise):
+
+    python launch.py --config=configs/bert_conll2003.py:/path/to/bert-base-cased \\
+        --config.data.labelled.conll_dir=/path/to/conll2003 --workdir=runs/bert_conll2003
+
 The encoder's sizes come from the checkpoint's config.json, its vocabulary from the same
 directory (WordPiece, cased or uncased as saved). Three epochs at lr 3e-5 with 10% warmup,
 weight decay 0.01, dropout 0.1, best parameters and early stopping by the validation

@@ -71,6 +71,10 @@ def get_config(arg=None):
   c.data.text.pack = True  # Several docs a row (segment ids, per-doc positions); False: 1 a row.
   c.data.text.shuffle_window = 256  # Rows shuffled within windows this long (pieces of long docs).
   c.data.text.eval_sequences = 256  # Validation rows (from the start of the split) per evaluation.
+  c.data.text.train_paths = ''  # Split files (globs), over paths: training, e.g. wiki.train.tokens.
+  c.data.text.validation_paths = ''  # Split files: validation (needed with train_paths).
+  c.data.text.test_paths = ''  # Split files: an optional 'test' split.
+  c.data.text.separator = 'file'  # Local docs: 'file', 'blank_line' or 'wikitext_heading'.
   c.data.sentencepiece = ml_collections.ConfigDict()  # data.tokenizer='sentencepiece'.
   c.data.sentencepiece.model = ''  # A .model file (pad 0, bos 1, eos 2, unk 3); '' trains one.
   c.data.sentencepiece.vocab_size = 1024  # Pieces of a trained model (its cache key with the rest).
@@ -95,6 +99,11 @@ def get_config(arg=None):
   c.data.labelled.num_train = 4_000  # Synthetic: training examples.
   c.data.labelled.num_validation = 500  # Synthetic: validation examples.
   c.data.labelled.num_test = 500  # Synthetic: test examples.
+  c.data.labelled.prepare = True  # Prepare an unprepared tfds_name in-process (no TF, network).
+  c.data.labelled.conll_dir = ''  # ner: CoNLL dir: eng.train/testa/testb or train/valid/test.txt.
+  c.data.labelled.train_path = ''  # ner: a local CoNLL training file (over conll_dir, tfds_name).
+  c.data.labelled.validation_path = ''  # ner: a local CoNLL validation file.
+  c.data.labelled.test_path = ''  # ner: a local CoNLL test file.
   c.data.strings = ml_collections.ConfigDict()  # task='strings': reverse or sort (seq2seq).
   c.data.strings.op = 'reverse'  # 'reverse' or 'sort' the prompt's string.
   c.data.strings.alphabet = 'abcdefghij'  # The strings' symbols.

@@ -8,6 +8,11 @@ validation perplexity and ends with a few sampled continuations of validation do
 One override trains on other text: `--config.data.text.paths='notes/*.txt'` (local files), or
 `--config.data.tfds_name=tiny_shakespeare` (or any tfds corpus prepared as ArrayRecord in tfds's
 data dir; elsewhere add `--config.data.data_dir=DIR`). `get_config('byte')` uses bytes.
+A corpus with split files trains on them as named, e.g. WikiText (docs/data.md):
+`--config.data.text.train_paths=DIR/wiki.train.raw` with
+`--config.data.text.validation_paths=DIR/wiki.valid.raw` and
+`--config.data.text.separator=wikitext_heading`. Validation reports bits per byte beside
+perplexity.
 """
 import os
 

@@ -65,7 +65,14 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'data.labelled.num_test': 500, 'optim.freeze': 'none', 'optim.top_k': 2,
           'train.select_metric': '',
           # Issue 35: the relative scale's hardness floor (older runs guarded r by 1e-6 instead).
-          'optim.feedback_floor': 1e-3}
+          'optim.feedback_floor': 1e-3,
+          # Issue 35: local CoNLL files, labelled tfds prepared in-process.
+          'data.labelled.prepare': True, 'data.labelled.conll_dir': '',
+          'data.labelled.train_path': '', 'data.labelled.validation_path': '',
+          'data.labelled.test_path': '',
+          # Issue 35: local text split files and the document separator.
+          'data.text.train_paths': '', 'data.text.validation_paths': '',
+          'data.text.test_paths': '', 'data.text.separator': 'file'}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).

@@ -97,10 +97,11 @@ def open_split(name, split, data_dir, key, prepare=False, split_key='the split',
       f'{str(failure).splitlines()[0][:160]}): {_how_to_prepare(name, data_dir, dir_key)}.')
 
 
-def open_labelled(name, split, data_dir, label_feature, key, split_key, dir_key):
+def open_labelled(name, split, data_dir, label_feature, key, split_key, dir_key, prepare=False):
   """open_split for a dataset of labelled examples: (the split's Source, the names of the
-  `label_feature` classes, a ClassLabel or a sequence of them)."""
-  source, features = open_split(name, split, data_dir, key, False, split_key, dir_key)
+  `label_feature` classes, a ClassLabel or a sequence of them); with `prepare`, prepared first
+  where it is not (conll2003's builder reads its download without TensorFlow)."""
+  source, features = open_split(name, split, data_dir, key, prepare, split_key, dir_key)
   if label_feature not in features:
     raise errors.InputError(f'{key}={name!r} has no feature {label_feature!r} (its features: '
                             f'{features}): set config.data.labelled.label_feature.')

@@ -2,12 +2,17 @@
 UTF-8 files (held in a pipeline.ListSource), as random-access sources of strings (`__len__`,
 `__getitems__`).
 
-Local files are read whole (a file is a document); each file's last `validation_fraction`, cut
-at a line break, is its validation document, so one file gives both splits. A named dataset's
-splits use tfds's split syntax (`train[:95%]`).
+Local files (`paths`) are read whole; each file's last `validation_fraction`, cut at a line
+break, is its validation text, so one file gives both splits. Split files (`train_paths`,
+`validation_paths`, optional `test_paths`: WikiText's wiki.train/valid/test.tokens) are the
+splits as named. Either way `separator` cuts a file's text into documents: 'file' (the whole
+file), 'blank_line' (blank lines between documents) or 'wikitext_heading' (a document starts at
+each ` = Title = ` line; ` = = Section = = ` lines stay inside it). A named dataset's splits use
+tfds's split syntax (`train[:95%]`).
 """
 import glob
 import os
+import re
 
 from absl import logging
 import numpy as np
@@ -20,6 +25,9 @@ from selffb.data import pipeline
 TEXT_FEATURES = {'pg19': 'book_text', 'ag_news_subset': 'description', 'cnn_dailymail': 'article',
                  'scientific_papers': 'article', 'billsum': 'text', 'wikipedia': 'text'}
 ENCODING_ERRORS = ('error', 'replace')
+SEPARATORS = ('file', 'blank_line', 'wikitext_heading')
+_WIKITEXT_TITLE = re.compile(r'^ = [^=].* = ?$', re.M)
+_BLANK_LINES = re.compile(r'\n(?:[ \t\r]*\n)+')
 
 
 def decode(raw, errors_policy, where):
@@ -52,14 +60,15 @@ def _is_glob(pattern):
   return glob.has_magic(pattern)
 
 
-def text_files(paths):
-  """The files config.data.text.paths (comma-separated paths or globs, ** recursive) names."""
+def text_files(paths, key='config.data.text.paths'):
+  """The files `paths` (comma-separated paths or globs, ** recursive; the config key `key`)
+  names."""
   files = []
   for pattern in [p.strip() for p in paths.split(',') if p.strip()]:
     matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
                      if os.path.isfile(p))
     if not matched:
-      raise errors.InputError(f'config.data.text.paths: {pattern!r} matches no file.')
+      raise errors.InputError(f'{key}: {pattern!r} matches no file.')
     files.extend(matched)
   if not files:
     raise errors.InputError("config.data.task='text' needs config.data.text.paths (files or "
@@ -67,19 +76,18 @@ def text_files(paths):
   return list(dict.fromkeys(files))
 
 
-def _read_files(paths, errors_policy):
-  """{path: text} of the files `paths` names. A file named outright must hold text; empty files
-  a glob matches (an empty __init__.py) are skipped, and counted in the log."""
+def _read_files(paths, errors_policy, key='config.data.text.paths'):
+  """{path: text} of the files `paths` (config key `key`) names. A file named outright must hold
+  text; empty files a glob matches (an empty __init__.py) are skipped, and counted in the log."""
   named = {os.path.expanduser(p.strip()) for p in paths.split(',')
            if p.strip() and not _is_glob(p)}
   texts, empty = {}, []
-  for path in text_files(paths):
+  for path in text_files(paths, key):
     with open(path, 'rb') as f:
       raw = f.read()
     if not raw.strip():
       if path in named:
-        raise errors.InputError(f'text file {path} is empty; remove it from '
-                                'config.data.text.paths.')
+        raise errors.InputError(f'text file {path} is empty; remove it from {key}.')
       empty.append(path)
       continue
     texts[path] = decode(raw, errors_policy, f'text file {path}')
@@ -87,7 +95,7 @@ def _read_files(paths, errors_policy):
     logging.info('text: skipped %d empty file(s) the globs matched (e.g. %s)', len(empty),
                  empty[0])
   if not texts:
-    raise errors.InputError(f'config.data.text.paths={paths!r} matches only empty files.')
+    raise errors.InputError(f'{key}={paths!r} matches only empty files.')
   return texts
 
 
@@ -101,23 +109,59 @@ def split_tail(text, fraction):
   return text[:cut], text[cut:]
 
 
+def documents(text, separator):
+  """The non-blank documents of one file's `text` under the `separator` rule (SEPARATORS)."""
+  if separator == 'file':
+    parts = [text]
+  elif separator == 'blank_line':
+    parts = _BLANK_LINES.split(text)
+  else:
+    starts = [m.start() for m in _WIKITEXT_TITLE.finditer(text)]
+    bounds = [0] + [i for i in starts if i] + [len(text)]
+    parts = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+  return [p for p in parts if p.strip()]
+
+
+def _stamp(prefix, files):
+  return prefix + ';'.join(f'{p}:{os.path.getsize(p)}:{os.path.getmtime(p)}' for p in files)
+
+
 def local_splits(t):
-  """{'train', 'validation'} documents of config.data.text's (`t`) files, and a fingerprint
-  (paths, sizes, times) naming that text."""
+  """{'train', 'validation'} documents of config.data.text's (`t`) files (and 'test' from split
+  files), and a fingerprint (paths, sizes, times, the rules) naming that text."""
+  if t.train_paths:
+    return _split_files(t)
   texts = _read_files(t.paths, t.encoding_errors)
   files = list(texts)
   train, validation = [], []
   for path in files:
     head, tail = split_tail(texts[path], t.validation_fraction)
-    train += [head] if head.strip() else []
-    validation += [tail] if tail.strip() else []
+    train += documents(head, t.separator)
+    validation += documents(tail, t.separator)
   if not train or not validation:
     raise errors.InputError(f'config.data.text.paths {t.paths!r}: too little text for a train '
                             f'and a validation split at validation_fraction='
                             f'{t.validation_fraction}.')
-  stamp = f'{t.validation_fraction};' + ';'.join(
-      f'{p}:{os.path.getsize(p)}:{os.path.getmtime(p)}' for p in files)
+  sep = '' if t.separator == 'file' else f'{t.separator};'
+  stamp = _stamp(f'{t.validation_fraction};{sep}', files)
   return {'train': pipeline.ListSource(train), 'validation': pipeline.ListSource(validation)}, stamp
+
+
+def _split_files(t):
+  """local_splits of split files: `train_paths`, `validation_paths` and `test_paths` as named."""
+  splits, files = {}, []
+  for name in ('train', 'validation', 'test'):
+    paths = t[f'{name}_paths']
+    if not paths:
+      continue
+    key = f'config.data.text.{name}_paths'
+    texts = _read_files(paths, t.encoding_errors, key)
+    docs = [d for text in texts.values() for d in documents(text, t.separator)]
+    if not docs:
+      raise errors.InputError(f'{key}={paths!r} holds no document.')
+    splits[name] = pipeline.ListSource(docs)
+    files += list(texts)
+  return splits, _stamp(f'splits;{t.separator};', files)
 
 
 def tfds_splits(d):

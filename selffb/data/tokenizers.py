@@ -46,6 +46,11 @@ class ByteTokenizer(tokenizer_base.Tokenizer):
   def _decode(self, ids):
     return bytes(i - self.offset for i in ids).decode('utf-8', 'replace')
 
+  def target_bytes(self, inputs, targets):
+    """UTF-8 bytes of the text each target token encodes: 1 a byte, 0 a special."""
+    del inputs
+    return (np.asarray(targets) >= self.offset).astype(np.float32)
+
 
 class SentencePieceTokenizer(tokenizer_base.Tokenizer):
   """A SentencePiece model (`proto`, its serialized bytes) with pad 0, bos 1, eos 2, unk 3 (as
@@ -89,6 +94,23 @@ class SentencePieceTokenizer(tokenizer_base.Tokenizer):
 
   def _decode(self, ids):
     return self.sp.decode(ids)
+
+  def target_bytes(self, inputs, targets):
+    """UTF-8 bytes of the text each target token encodes: a piece's bytes (the word marker a
+    space, a byte-fallback piece 1, a special 0), less the space SentencePiece's dummy prefix
+    adds before a document's first piece (the target after bos), which is not in the text."""
+    if not hasattr(self, '_piece_bytes'):
+      sp = self.sp
+      self._piece_bytes = np.asarray([
+          0 if sp.is_control(i) or sp.is_unknown(i) else 1 if sp.is_byte(i) else
+          len(sp.id_to_piece(i).replace('\u2581', ' ').encode('utf-8'))
+          for i in range(self.vocab_size)], np.float32)
+      marked = np.asarray([sp.id_to_piece(i).startswith('\u2581')
+                           for i in range(self.vocab_size)])
+      self._prefix = marked & sp.encode('a', out_type=str)[0].startswith('\u2581')
+    targets = np.asarray(targets)
+    first = (np.asarray(inputs) == BOS) & self._prefix[targets]
+    return self._piece_bytes[targets] - first.astype(np.float32)
 
 
 class Untrained:

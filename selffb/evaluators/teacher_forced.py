@@ -24,4 +24,5 @@ class Evaluator:
   def describe(self, result):
     return 'teacher forced' + ''.join(
         f"\n  {name}: ce {m['ce']:.4f} ppl {m['perplexity']:.3f} acc {m['accuracy']:.4f} "
-        f"exact {m['exact']:.4f}" for name, m in result.items())
+        f"exact {m['exact']:.4f}" + (f" bpb {m['bits_per_byte']:.4f}" if 'bits_per_byte' in m
+                                     else '') for name, m in result.items())

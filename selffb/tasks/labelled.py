@@ -56,7 +56,7 @@ def load_splits(config, make, salt, read):
       source, labels = named.open_labelled(
           c.tfds_name, c[f'{name}_split'], config.data.data_dir, read.label_feature(c),
           'config.data.labelled.tfds_name', f'config.data.labelled.{name}_split',
-          'config.data.data_dir')
+          'config.data.data_dir', c.prepare)
       out[name] = _Mapped(source, read, c)
   for source in out.values():
     source.labels = tuple(labels)

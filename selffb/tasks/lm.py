@@ -1,11 +1,14 @@
 """Language modelling on documents (task 'text'): a prepared tfds dataset by name
-(config.data.tfds_name) or local UTF-8 files (config.data.text.paths), through the grain
+(config.data.tfds_name) or local UTF-8 files (config.data.text.paths, or split files
+`train_paths` / `validation_paths` / `test_paths`; documents cut by `separator`), through the grain
 pipeline of selffb/data/lm.py: tokenized, split/truncated/dropped when longer than a row,
-packed several to a row (or padded one to a row), loss on every token. Validation CE and
-perplexity are on up to `eval_sequences` rows of the validation split."""
+packed several to a row (or padded one to a row), loss on every token. Validation CE,
+perplexity and bits per byte (the summed NLL in bits over the UTF-8 bytes the tokens encode, so
+byte and SentencePiece runs compare) are on up to `eval_sequences` rows of the validation split."""
 import dataclasses
 
 from absl import logging
+import jax.numpy as jnp
 
 from selffb import errors
 from selffb.data import lm as lm_data
@@ -13,8 +16,8 @@ from selffb.data import text
 from selffb.tasks import seq
 
 BATCH_KEYS = seq.BATCH_KEYS + ('segments',)
-EVAL_KEYS = seq.EVAL_KEYS + ('segments',)
-loss_fn, eval_sums = seq.loss_fn, seq.eval_sums
+EVAL_KEYS = seq.EVAL_KEYS + ('segments', 'target_bytes')
+loss_fn = seq.loss_fn
 SUPPORTS_SELFTRAIN = False
 DATA_KEYS = ('data.text.', 'data.tfds_name', 'data.seq_len', 'data.tokenizer',
              'data.sentencepiece.', 'data.workers')  # What makes the rows (and their order).
@@ -88,21 +91,48 @@ def train_dataset(source, tokenizer, seq_len, batch_size, seed, process_index=0,
 
 
 def eval_batches(source, tokenizer, batch_size, fmt=TextFormat()):
-  return lm_data.eval_batches(source, tokenizer, fmt.spec(), batch_size, fmt.eval_sequences)
+  """Validation rows; 'target_bytes' [B, T] holds the UTF-8 bytes of each target's text."""
+  batches = lm_data.eval_batches(source, tokenizer, fmt.spec(), batch_size, fmt.eval_sequences)
+  for batch in batches:
+    batch['target_bytes'] = tokenizer.target_bytes(batch['inputs'], batch['targets'])
+  return batches
+
+
+def eval_sums(outputs, batch):
+  """seq.eval_sums and 'bytes': the UTF-8 bytes the loss tokens encode (for bits per byte)."""
+  sums = seq.eval_sums(outputs, batch)
+  mask_BxT = batch['loss_mask'] * batch['valid'][:, None]
+  sums['bytes'] = jnp.sum(batch['target_bytes'] * mask_BxT)
+  return sums
 
 
 def example_length(record, fmt=None):
   raise NotImplementedError("task 'text' reads documents of any length: set config.data.seq_len.")
 
 
+def _file_problems(t):
+  """Local files: `paths`, or split files (train and validation both named)."""
+  found = []
+  named = [('paths', t.paths)] if not t.train_paths else [
+      (f'{n}_paths', t[f'{n}_paths']) for n in ('train', 'validation', 'test') if t[f'{n}_paths']]
+  if t.train_paths and not t.validation_paths:
+    found.append('config.data.text.train_paths needs config.data.text.validation_paths (the '
+                 "official validation file, e.g. wiki.valid.tokens).")
+  for key, paths in named:
+    try:
+      text.text_files(paths, f'config.data.text.{key}')
+    except ValueError as e:
+      found.append(str(e))
+  if t.separator not in text.SEPARATORS:
+    found.append(f'config.data.text.separator={t.separator!r}; choose one of {text.SEPARATORS}.')
+  return found
+
+
 def config_problems(config):
   d, t, found = config.data, config.data.text, []
   need = lambda ok, message: None if ok else found.append(message)
   if not d.tfds_name:
-    try:
-      text.text_files(t.paths)
-    except ValueError as e:
-      found.append(str(e))
+    found += _file_problems(t)
   need(d.seq_len >= 2, f"config.data.task='text' needs config.data.seq_len >= 2 (the row length "
        f'in tokens), not {d.seq_len}.')
   need(t.long_docs in lm_data.LONG_DOCS, f'config.data.text.long_docs={t.long_docs!r}; choose '

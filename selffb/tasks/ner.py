@@ -1,13 +1,16 @@
 """Named-entity recognition with an encoder (task 'ner', head 'tag'): B-/I-/O tags per word,
 the label on each word's first piece and no loss on the others (the usual recipe), the feedback
 signals per token. Data (config.data.labelled): generated sentences with PER/LOC/ORG spans
-(`synthetic.ner_sentence`), or a tfds dataset by name with a words feature and a tags feature
-('conll2003': 'tokens', 'ner'). The report is entity-level precision, recall and F1 with the
-CoNLL semantics (seqeval: type and both boundaries must match) next to the per-tag token
-scores; words cut off by seq_len count as predicted 'O'. Early stopping can select on 'f1'
+(`synthetic.ner_sentence`), local CoNLL files (selffb/data/conll.py: `train_path`,
+`validation_path`, `test_path` or `conll_dir`), or a tfds dataset by name with a words feature
+and a tags feature ('conll2003': 'tokens', 'ner'). The report is entity-level precision,
+recall and F1 with the CoNLL semantics (seqeval: type and both boundaries must match) next to
+the per-tag token scores; words cut off by seq_len count as predicted 'O'. Early stopping can select on 'f1'
 (entity-level, micro)."""
 import numpy as np
 
+from selffb.data import conll
+from selffb.data import pipeline
 from selffb.data import synthetic
 from selffb.evaluators import prf
 from selffb.tasks import labelled
@@ -39,8 +42,17 @@ _read.label_feature = lambda c: c.label_feature or 'ner'
 
 
 def load_splits(config, data_dir):
+  """Local CoNLL files where config.data.labelled names them (they win over its tfds_name),
+  else labelled.load_splits (tfds or synthetic)."""
   del data_dir
-  return labelled.load_splits(config, make, 43, _read)
+  c = config.data.labelled
+  if not conll.uses_files(c):
+    return labelled.load_splits(config, make, 43, _read)
+  made, labels = conll.load(c)
+  out = {name: pipeline.ListSource(records) for name, records in made.items()}
+  for source in out.values():
+    source.labels = tuple(labels)
+  return out
 
 
 def align(words, tags, tokenizer, seq_len):
@@ -82,4 +94,4 @@ def report(preds, batches, labels):
 
 
 def config_problems(config):
-  return labelled.problems(config, HEAD)
+  return labelled.problems(config, HEAD) + conll.problems(config.data.labelled)

@@ -213,7 +213,8 @@ def _validate(run, step):
     run.best_params = jax.tree.map(jnp.copy, run.state.params)
   else:
     book['bad_evals'] += 1
-  extra = ''.join(f' {k} {val[k]:.4f}' for k in getattr(run.s.task, 'SCORES', ()) if k in val)
+  extra = ''.join(f' {k} {val[k]:.4f}' for k in ('bits_per_byte',) + getattr(
+      run.s.task, 'SCORES', ()) if k in val)
   logging.info('eval  step %d | val ce %.4f ppl %.3f token acc %.4f teacher-forced seq exact '
                '%.4f%s | best %s %.4f @ %d',
                step, val['ce'], val['perplexity'], val['accuracy'], val['exact'], extra, metric,
