@@ -50,7 +50,8 @@ def choose_implementation(platform, dtype, head_dim, mask):
 def platform():
   """'cuda' on an NVIDIA GPU, else JAX's backend name ('cpu', 'tpu', 'gpu' for ROCm)."""
   backend = jax.default_backend()
-  if backend == 'gpu' and 'cuda' in jax.devices()[0].client.platform_version.lower():
+  client = jax.devices()[0].client
+  if backend == 'gpu' and 'cuda' in f'{client.platform} {client.platform_version}'.lower():
     return 'cuda'
   return backend
 
