@@ -31,7 +31,7 @@ def get_config(arg=None):
   c.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'; logits are always float32.
   c.model.remat = 'none'  # Backward-pass recompute: 'none', 'full', 'dots', 'dots_no_batch'.
   c.model.scan_layers = False  # nn.scan over blocks (compiles once; unrolled ran faster on a CPU).
-  c.model.attention = 'einsum'  # 'einsum'/'dot_product' (jax.nn.dot_product_attention; GPU: cuDNN).
+  c.model.attention = 'einsum'  # 'einsum'/'dot_product' (jax.nn's; cuDNN: docs/scale.md).
   c.model.attention_block = 128  # einsum, no cache: q-blocks this long skip later keys; 0 = 1 block
   c.model.head = 'mlm'  # kind='encoder': 'mlm', 'classify' or 'tag' (tasks mlm, classify, ner).
   c.model.num_labels = 0  # Encoder head 'classify'/'tag': the task's label count.

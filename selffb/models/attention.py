@@ -6,16 +6,91 @@ Every token carries an integer position id; id -1 marks padding, never attended 
 follows the sequence (the cache slot), not the ids, so ids may restart, e.g. per operand: a
 query in slot i sees the non-padding keys in slots <= i. Packed rows (several documents in one
 row) also carry segment ids: a query then sees only keys of its own segment.
+
+`attention='dot_product'` runs `jax.nn.dot_product_attention` with the implementation
+`choose_implementation` picks: cuDNN flash attention on an NVIDIA GPU in float16/bfloat16, with
+cuDNN's own causal flag and key lengths instead of a dense mask, where the mask is causal or
+bidirectional over right-padded rows; XLA with the dense mask otherwise (one log line says why).
 """
 import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from absl import logging
 
 from selffb.models import layers
 
 _NEG_INF = -1e30  # Finite, so a fully masked row (a padding query) stays NaN-free.
+CUDNN_DTYPES = (jnp.float16, jnp.bfloat16)
+CUDNN_MAX_HEAD_DIM = 128  # 256 from Hopper on; 128 holds on every GPU cuDNN's flash path takes.
+MASKS = ('causal', 'bidirectional', 'segments', 'cache')
+
+
+def choose_implementation(platform, dtype, head_dim, mask):
+  """(implementation, why) of `jax.nn.dot_product_attention` for `attention='dot_product'`:
+  'cudnn' on platform 'cuda' for float16/bfloat16, a head dim cuDNN takes and a `mask` (one of
+  MASKS) it expresses without a dense mask (causal or bidirectional, padding as key lengths);
+  'xla' with the dense mask otherwise."""
+  if platform != 'cuda':
+    return 'xla', f'platform {platform!r} is not an NVIDIA GPU'
+  if np.dtype(dtype) not in [np.dtype(d) for d in CUDNN_DTYPES]:
+    return 'xla', f'dtype {np.dtype(dtype).name}: cuDNN flash attention takes float16/bfloat16'
+  if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+    return 'xla', (f'head dim {head_dim}: cuDNN takes multiples of 8 up to '
+                   f'{CUDNN_MAX_HEAD_DIM}')
+  if mask == 'segments':
+    return 'xla', 'segment ids of packed rows: cuDNN masks by lengths, not by segment'
+  if mask == 'cache':
+    return 'xla', "decoding over a KV cache: cuDNN's causal mask starts at the cache's slot 0"
+  return 'cudnn', f'{mask} mask as cuDNN flags and key lengths (rows padded on the right)'
+
+
+def platform():
+  """'cuda' on an NVIDIA GPU, else JAX's backend name ('cpu', 'tpu', 'gpu' for ROCm)."""
+  backend = jax.default_backend()
+  client = jax.devices()[0].client
+  if backend == 'gpu' and 'cuda' in f'{client.platform} {client.platform_version}'.lower():
+    return 'cuda'
+  return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _log_choice(implementation, why):
+  """One log line per distinct choice per process (every layer and trace asks again)."""
+  logging.info("attention='dot_product': jax.nn.dot_product_attention(implementation=%r): %s",
+               implementation, why)
+
+
+def dot_product(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, valid_BxS, mask_Bx1xTxS, mask):
+  """jax.nn.dot_product_attention with the implementation `choose_implementation` picks for
+  this device, dtype and `mask` kind; `mask_Bx1xTxS` is the dense mask the XLA path takes."""
+  implementation, why = choose_implementation(platform(), q_BxTxHxD.dtype,
+                                              q_BxTxHxD.shape[-1], mask)
+  _log_choice(implementation, why)
+  if implementation == 'xla':
+    return jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask=mask_Bx1xTxS,
+                                        implementation='xla')
+  return by_lengths(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, valid_BxS, mask_Bx1xTxS,
+                    mask == 'causal', implementation)
+
+
+def by_lengths(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, valid_BxS, mask_Bx1xTxS, causal, implementation):
+  """Attention with `is_causal` and key lengths for the rows whose valid keys are a prefix (as
+  training batches are padded); any other padding (a left-padded prompt) takes the XLA path
+  with the dense mask, picked on the device per batch. With key lengths only, a padding query
+  sees what the dense mask shows it: the valid keys (up to its slot, if causal)."""
+  s = valid_BxS.shape[1]
+  n_B = valid_BxS.sum(axis=1, dtype=jnp.int32)
+  prefix = jnp.all(valid_BxS == (jnp.arange(s)[None, :] < n_B[:, None]))
+  fast = lambda: jax.nn.dot_product_attention(
+      q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, is_causal=causal,
+      key_value_seq_lengths=jnp.maximum(n_B, 1),  # An all-padding row reads slot 0, not NaN.
+      implementation=implementation)
+  dense = lambda: jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD,
+                                               mask=mask_Bx1xTxS, implementation='xla')
+  return jax.lax.cond(prefix, fast, dense)
 
 
 def _mask(valid_BxS, q_slot_T, seg_BxS=None):
@@ -153,10 +228,11 @@ class CausalSelfAttention(nn.Module):
     else:
       q_slot_T = jnp.arange(q_BxHxTxD.shape[2]) + (0 if index is None else index)
       mask_Bx1xTxS = _mask(kv_pos_BxS >= 0, q_slot_T, seg_BxT)
-      if cfg.attention == 'dot_product':  # jax.nn's: cuDNN flash attention where available.
-        out_BxTxHxD = jax.nn.dot_product_attention(
-            q_BxTxHxD, jnp.swapaxes(k_BxHxSxD, 1, 2), jnp.swapaxes(v_BxHxSxD, 1, 2),
-            mask=mask_Bx1xTxS)
+      if cfg.attention == 'dot_product':
+        kind = 'cache' if layer_cache is not None else 'causal' if seg_BxT is None else 'segments'
+        out_BxTxHxD = dot_product(q_BxTxHxD, jnp.swapaxes(k_BxHxSxD, 1, 2),
+                                  jnp.swapaxes(v_BxHxSxD, 1, 2), kv_pos_BxS >= 0, mask_Bx1xTxS,
+                                  kind)
       else:
         out_BxTxHxD = jnp.swapaxes(
             _attend(q_BxHxTxD, k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS)[0], 1, 2)
@@ -194,7 +270,13 @@ class Attention(nn.Module):
     mask_Bx1xTxS = valid_BxS[:, None, None, :]
     if seg_BxS is not None:  # Self-attention over packed rows: queries and keys share segments.
       mask_Bx1xTxS = mask_Bx1xTxS & (seg_BxS[:, :, None] == seg_BxS[:, None, :])[:, None]
-    out_BxHxTxD = _attend(jnp.swapaxes(q_BxTxHxD, 1, 2), k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS)[0]
+    if cfg.attention == 'dot_product':
+      out_BxTxHxD = dot_product(q_BxTxHxD, jnp.swapaxes(k_BxHxSxD, 1, 2),
+                                jnp.swapaxes(v_BxHxSxD, 1, 2), valid_BxS, mask_Bx1xTxS,
+                                'bidirectional' if seg_BxS is None else 'segments')
+    else:
+      out_BxTxHxD = jnp.swapaxes(
+          _attend(jnp.swapaxes(q_BxTxHxD, 1, 2), k_BxHxSxD, v_BxHxSxD, mask_Bx1xTxS)[0], 1, 2)
     out_BxTxE = layers.dense(cfg, cfg.d_model, ('heads', 'head_dim', 'embed'), 'out',
-                             in_axis=(-2, -1))(jnp.swapaxes(out_BxHxTxD, 1, 2))
+                             in_axis=(-2, -1))(out_BxTxHxD)
     return out_BxTxE, kv
