@@ -11,7 +11,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file; override keys with --config.section.key=value. eval and sample '
-    "read the run's own config; with --config they take only sampling and evaluation keys.",
+    "read the run's own config and take only its sampling and evaluation keys: from --config, "
+    'or as --config.key=value overrides without --config.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, reports.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'selftrain', 'finetune', 'eval', 'sample',
