@@ -137,7 +137,7 @@ def _run_mode():
   if _MODE.value.startswith('sweep'):
     _run_sweep_mode()
   elif _DRY_RUN.value:
-    dry_run.plan(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    dry_run.plan(config, _WORKDIR.value, _MODE.value)
   elif _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'selftrain':

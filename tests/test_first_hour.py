@@ -239,3 +239,19 @@ def test_launch_refuses_a_bad_config_file_in_one_line(name, tmp_path):
   out = launch_run(f'--config={path}', f'--workdir={tmp_path / "run"}')
   assert out.returncode == 2 and out.stderr.strip().count('\n') == 0, out.stderr
   assert fragment in out.stderr and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.e2e
+def test_launch_samples_with_only_overrides_of_the_run_config(tmp_path):
+  workdir = tmp_path / 'run'
+  out = launch_run('--config=configs/tiny.py', f'--workdir={workdir}',
+                   '--config.train.num_steps=10', f'--config.data.data_dir={tmp_path / "data"}')
+  assert out.returncode == 0, out.stderr[-3000:]
+  out = launch_run('--mode=sample', f'--workdir={workdir}', '--config.sample.temperature=0',
+                   '--config.sample.seed=5', '--prompt=1+2=')
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = json.loads((workdir / 'samples.jsonl').read_text().splitlines()[-1])
+  assert row['prompt'] == '1+2=' and row['temperature'] == 0 and row['seed'] == 5
+  out = launch_run('--mode=sample', f'--workdir={workdir}', '--config.model.d_model=8',
+                   '--prompt=1+2=')
+  assert out.returncode == 2 and 'model.d_model is fixed by the run' in out.stderr
