@@ -11,7 +11,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file; override keys with --config.section.key=value. eval and sample '
-    "read the run's own config; with --config they take only sampling and evaluation keys.",
+    "read the run's own config and take only its sampling and evaluation keys: from --config, "
+    'or as --config.key=value overrides without --config.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, reports.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'selftrain', 'finetune', 'eval', 'sample',
@@ -52,6 +53,8 @@ _SWEEP_EXECUTOR = flags.DEFINE_enum(
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Also print the whole config (it is always '
                              'written to workdir/config.json).')
 flags.mark_flags_as_required(['workdir'])
+# Without --config: eval's and sample's --config.key=value flags, for the run's own config.
+_RUN_OVERRIDES = {}
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -71,6 +74,9 @@ def main(argv):
                                                'sweep_plan'):
     raise app.UsageError(f'--mode={_MODE.value} needs --config (e.g. configs/default.py, or '
                          'for the sweep modes a file in configs/ablations/).')
+  if _RUN_OVERRIDES and _MODE.value not in ('eval', 'sample'):
+    raise app.UsageError(f'--config.{next(iter(_RUN_OVERRIDES))} without --config: only eval and '
+                         "sample apply overrides to the run's own config; give --config.")
   if _SWEEP_INDEX.value is not None and _MODE.value not in ('sweep', 'sweep_plan'):
     raise app.UsageError('--sweep_index applies to --mode=sweep and --mode=sweep_plan.')
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -124,11 +130,14 @@ def _run_sweep_mode():
 
 def _run_mode():
   # pylint: disable-next=g-import-not-at-top
-  from selffb.modes import dry_run, evaluate, finetune, sample, selftrain, train
+  from selffb.modes import dry_run, evaluate, finetune, run_config, sample, selftrain, train
+  config = _CONFIG.value
+  if config is None and _RUN_OVERRIDES:  # eval, sample: the run's own config, overridden.
+    config = run_config.with_overrides(_WORKDIR.value, _RUN_OVERRIDES)
   if _MODE.value.startswith('sweep'):
     _run_sweep_mode()
   elif _DRY_RUN.value:
-    dry_run.plan(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    dry_run.plan(config, _WORKDIR.value, _MODE.value)
   elif _MODE.value == 'train':
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'selftrain':
@@ -136,21 +145,99 @@ def _run_mode():
   elif _MODE.value == 'finetune':
     finetune.finetune(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == 'eval':
-    evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    evaluate.evaluate_checkpoint(config, _WORKDIR.value)
   else:
     prompts = list(_PROMPT.value)
     if _PROMPTS_FILE.value:
       with open(_PROMPTS_FILE.value) as f:
         prompts += [line.rstrip('\n') for line in f if line.strip()]
-    sample.sample_checkpoint(_CONFIG.value, _WORKDIR.value, prompts)
+    sample.sample_checkpoint(config, _WORKDIR.value, prompts)
 
 
-def _run_app():
-  """app.run(main), with an override that names no config key (a typo) reported as one line:
-  ml_collections raises it while absl parses the flags, before main starts."""
+def _flag_value(argv, name):
+  """The value of --name=V or --name V in argv (the last one), or None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _config_file_problem(config_file):
+  """Why the --config file cannot give a config (missing, unreadable, a syntax error, no
+  get_config, another type returned), or None; checked before absl parses the flags, where
+  ml_collections would end these in a traceback."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path, sep, arg = config_file.partition(':')
+  if not os.path.isfile(path):
+    return f'--config={config_file}: {path} is not a file; give a config file such as ' \
+           'configs/default.py (or a file in configs/ablations/ for a sweep).'
+  try:
+    with open(path, encoding='utf-8') as f:
+      compile(f.read(), path, 'exec')
+  except (OSError, UnicodeDecodeError) as e:
+    return f'--config={config_file}: cannot read {path}: {e}'
+  except SyntaxError as e:
+    return f'--config={config_file}: syntax error at line {e.lineno} of {path}: {e.msg}.'
+  spec = importlib.util.spec_from_file_location('selffb_config_check', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    get_config = getattr(module, 'get_config', None)
+    if not callable(get_config):
+      return f'--config={config_file}: {path} has no get_config(); a config file defines ' \
+             'get_config(arg=None) returning an ml_collections.ConfigDict.'
+    config = get_config(arg) if sep else get_config()
+  except Exception as e:  # pylint: disable=broad-except  # The user's file: name what it raised.
+    return f'--config={config_file}: loading {path} raised {type(e).__name__}: {e}'
+  if not isinstance(config, ml_collections.ConfigDict):
+    return f'--config={config_file}: get_config() returned a {type(config).__name__}, not an ' \
+           'ml_collections.ConfigDict.'
+  return None
+
+
+def _split_run_overrides(argv):
+  """(argv, {key: value}): without --config, the --config.key=value flags of eval and sample are
+  taken out of argv, to be applied to the run's own config (run_config.CHANGEABLE keys)."""
+  if _flag_value(argv, 'config') is not None:
+    return argv, {}
+  kept, overrides = [], {}
+  for arg in argv:
+    if arg.startswith('--config.') and '=' in arg:
+      key, value = arg[len('--config.'):].split('=', 1)
+      overrides[key] = value
+    else:
+      kept.append(arg)
+  return kept, overrides
+
+
+def _error(message):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _run_app(argv=None):
+  """app.run(main), with what fails while absl parses the flags reported as one line: a --config
+  file that cannot give a config, an override that names no config key (ml_collections raises it
+  before main starts); --help exits 0."""
+  argv = list(sys.argv if argv is None else argv)
+  config_file = _flag_value(argv, 'config')
+  if config_file is not None and not {'--help', '-h', '--helpshort', '--helpfull'} & set(argv):
+    problem = _config_file_problem(config_file)
+    if problem:
+      _error(problem)
+  argv, overrides = _split_run_overrides(argv)
+  _RUN_OVERRIDES.update(overrides)
   started = []
   try:
-    app.run(lambda argv: started.append(1) or main(argv))
+    app.run(lambda args: started.append(1) or main(args), argv=argv)
+  except SystemExit as e:
+    if not started and e.code == 1 and {'--help', '-h', '--helpshort', '--helpfull'} & set(argv):
+      sys.exit(0)  # absl's help flags exit 1 after printing the help.
+    raise
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     if started:
       raise
@@ -158,9 +245,8 @@ def _run_app():
     while isinstance(message, BaseException) and message.args:  # AttributeError(KeyError(..)).
       message = message.args[0]
     message = str(message).replace('\n', '. ')
-    print(f'error: a --config override names no config key: {message} (--dry_run --verbose '
-          'prints every key)', file=sys.stderr)
-    sys.exit(2)
+    _error(f'a --config override names no config key: {message} (--dry_run --verbose prints '
+           'every key)')
 
 
 if __name__ == '__main__':

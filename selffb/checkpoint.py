@@ -82,6 +82,17 @@ def host_params(workdir):
   return None if got is None else (got[0], got[1].best)
 
 
+def param_shapes(workdir):
+  """{name: ... shape tuple} of the best parameters in workdir's newest checkpoint, read from its
+  metadata (no array is read); or None without a checkpoint."""
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
+                                  item_handlers={'best': ocp.StandardCheckpointHandler()})
+  step = manager.latest_step()
+  if step is None:
+    return None
+  return jax.tree.map(lambda m: tuple(m.shape), manager.item_metadata(step).best)
+
+
 def saved_config(manager):
   """The config dict of the newest checkpoint whose config can be read, or None."""
   for step in sorted(manager.all_steps(), reverse=True):

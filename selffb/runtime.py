@@ -20,6 +20,22 @@ class WorkdirLocked(RuntimeError):
   pass
 
 
+def workdir_problem(workdir):
+  """Why `workdir` cannot be (or become) a run directory, or None: a file, a path under a file,
+  or under a directory this process cannot write."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    return f'--workdir={workdir} is a file, not a directory; give a directory path.'
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    return f'--workdir={workdir} lies under {parent}, which is a file; give a directory path.'
+  if not os.access(parent, os.W_OK | os.X_OK):
+    return f'--workdir={workdir}: {parent} is not writable here; give another directory.'
+  return None
+
+
 def acquire(workdir):
   """Locks workdir for this process; returns the handle to pass to `release`."""
   os.makedirs(workdir, exist_ok=True)

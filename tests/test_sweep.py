@@ -320,6 +320,16 @@ def test_a_rerun_skips_finished_entries_and_runs_the_rest(tiny_sweep):
 
 
 @pytest.mark.e2e
+def test_a_rerun_with_another_setting_is_refused_naming_it(tiny_sweep):
+  workdir, changed = tiny_sweep['workdir'], {'train.num_steps': 12}
+  before = snapshot(workdir)
+  with pytest.raises(plan.SweepError, match=r'train.num_steps 10 \(run, e.g. ce/seed_0\) vs 12; '
+                     'skipping them would report'):
+    run.run_sweep(load_config(TINY, changed), TINY, changed, workdir)
+  assert snapshot(workdir) == before  # sweep.json and the report untouched.
+
+
+@pytest.mark.e2e
 def test_the_report_holds_every_run_and_the_means_over_seeds(tiny_sweep):
   workdir = tiny_sweep['workdir']
   summaries, rows = {}, {}

@@ -19,6 +19,7 @@ from selffb.assemble import setup as setup_lib
 from selffb.data import pipeline
 from selffb.modes import dry_run
 from selffb.modes import evaluate as evaluate_mode
+from selffb.modes import run_config
 from selffb.modes import sample as sample_mode
 from selffb.modes import train as train_mode
 from selffb.tasks import seq
@@ -272,6 +273,28 @@ def test_sample_mode_continues_prompts_from_the_checkpoint(trained, tmp_path):
   os.rmdir(os.path.join(workdir, 'samples.jsonl'))
   with pytest.raises(FileNotFoundError, match='train first'):
     sample_mode.sample_checkpoint(c, str(tmp_path), ['1+2='])
+
+
+@pytest.mark.slow
+def test_sample_takes_overrides_of_the_run_config_without_config(trained):
+  """--mode=sample --workdir=W --config.sample.temperature=0, with no --config (launch.py's path)."""
+  c, workdir, _ = trained
+  config = run_config.with_overrides(workdir, {'sample.temperature': '0', 'sample.seed': '3'})
+  samples = sample_mode.sample_checkpoint(config, workdir, ['1+2=', '4+3='])
+  assert samples == sample_mode.sample_checkpoint(c, workdir, ['1+2=', '4+3='])  # Greedy both.
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'samples.jsonl'))]
+  assert rows[-3]['temperature'] == 0 and rows[-3]['seed'] == 3
+
+
+@pytest.mark.slow
+def test_an_init_from_that_does_not_fit_is_refused_before_anything_is_written(trained, tmp_path):
+  c, workdir, _ = trained
+  new = tiny_config(c.data.data_dir, num_steps=10)
+  new.model.update(init_from=workdir, mlp_dim=2 * c.model.mlp_dim)
+  with pytest.raises(errors.ConfigError, match=r'init_from: parameter .*mlp.* is \(\d+, \d+\) '
+                     'there'):
+    train_mode.train_and_evaluate(new, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
 
 
 def test_dry_run_counts_parameters_and_writes_nothing(tmp_path):

@@ -16,6 +16,7 @@ from selffb import errors
 from selffb import evaluators
 from selffb import models
 from selffb import optim
+from selffb import runtime
 from selffb import sampling
 from selffb import sharding
 from selffb import tasks
@@ -36,6 +37,7 @@ class Parts:
   tx: Any
   fb: Any
   mode_inputs: Any  # What the mode's own checks built (None without them).
+  init_source: Any = None  # config.model.init_from's arrays when read to check them.
 
 
 def optimizer(optim_config, config, model):
@@ -95,7 +97,12 @@ def survey(config, num_devices, mode_inputs=None):
        f'{m.max_len}.')
   found.extend(_mesh_problems(config, num_devices, model, model_cfg))
   found.extend(_task_problems(config, task, model))
-  found.extend(check(lambda: init_from.problems(config)) or [])
+  init_found = check(lambda: init_from.problems(config))
+  found.extend(init_found or [])
+  init_source = None
+  if init_found == [] and config.model.init_from and model_cfg is not None:
+    fit_found, init_source = check(lambda: init_from.fit(config, model, model_cfg)) or ([], None)
+    found.extend(fit_found)
   found.extend(selftrain_problems(config.selftrain))
   found.extend(evaluators.problems(config.evals))
   built = None
@@ -103,7 +110,7 @@ def survey(config, num_devices, mode_inputs=None):
     mode_found, built = check(lambda: mode_inputs(config)) or ([], None)
     found.extend(mode_found)
   # A name check and the builder it guards may both report.
-  return list(dict.fromkeys(found)), Parts(model, task, model_cfg, tx, fb, built)
+  return list(dict.fromkeys(found)), Parts(model, task, model_cfg, tx, fb, built, init_source)
 
 
 def problems(config, num_devices, mode_inputs=None):
@@ -184,10 +191,12 @@ def raise_problems(found):
                              '\n  - '.join(found))
 
 
-def check_config(config, num_devices=None, mode_inputs=None):
+def check_config(config, num_devices=None, mode_inputs=None, workdir=None):
   """The Parts of `config` (for `num_devices` devices, default all), or ConfigError listing
-  every problem (see survey)."""
+  every problem (see survey) and, given a `workdir`, why it cannot be a run directory."""
   found, parts = survey(config, jax.device_count() if num_devices is None else num_devices,
                         mode_inputs)
+  if workdir is not None:
+    found.extend(filter(None, [runtime.workdir_problem(workdir)]))
   raise_problems(found)
   return parts

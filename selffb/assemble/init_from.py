@@ -6,6 +6,8 @@ taken; the others (a new task head) keep their fresh initialisation; the source'
 (another task's) is left out. The same name with another shape is an error naming it."""
 import os
 
+import flax.linen as nn
+import jax
 import numpy as np
 from absl import logging
 
@@ -34,6 +36,43 @@ def problems(config):
             f'nor a checkpoint model.kind={config.model.kind!r} imports (for the encoder: a '
             'Hugging Face BERT directory with config.json and model.safetensors).']
   return []
+
+
+def _shapes(tree, path=()):
+  """{name: shape} of every leaf of a nested dict of arrays (or of shape tuples)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_shapes(value, path + (key,)))
+    else:
+      out['/'.join(path + (key,))] = tuple(value) if isinstance(value, tuple) else np.shape(value)
+  return out
+
+
+def fit(config, model, model_cfg):
+  """(problems, source) of config.model.init_from against the model's parameters, found before
+  anything is written: a parameter of another shape, or none shared. A run's shapes come from
+  its checkpoint's metadata; another library's checkpoint is read, once: `source` is its
+  arrays, for start_params (None for a run)."""
+  path = config.model.init_from
+  if not path or model_cfg is None:
+    return [], None
+  source = model.load_checkpoint(path) if _foreign(config) is not None else None
+  there = _shapes(source) if source is not None else checkpoint.param_shapes(path)
+  if there is None:
+    return [f'config.model.init_from={path!r} has no checkpoint: train it first.'], None
+  there = there if source is not None else _shapes(there)
+  module = model.build(model_cfg)
+  here = _shapes(jax.eval_shape(lambda rng: nn.unbox(module.init(
+      rng, *model.example_inputs(model_cfg, 1))['params']), jax.random.key(0)))
+  shared = [n for n in here if n in there]
+  found = [f'config.model.init_from: parameter {n} is {there[n]} there and {here[n]} in this '
+           'model: use the same config.model sizes and tokenizer (the vocabulary, mask token '
+           'included) as the run or checkpoint it comes from.'
+           for n in shared if there[n] != here[n]][:3]
+  if not shared:
+    found.append(f'config.model.init_from={path!r} shares no parameter with this model.')
+  return found, source
 
 
 def _run_params(workdir):
@@ -74,8 +113,8 @@ def merge(fresh, source, path=()):
 def start_params(s, fresh):
   """`fresh` (the run's initial parameters) with what config.model.init_from holds."""
   path = s.config.model.init_from
-  source = (s.model.load_checkpoint(path) if _foreign(s.config) is not None
-            else _run_params(path))
+  source = s.init_source if s.init_source is not None else (
+      s.model.load_checkpoint(path) if _foreign(s.config) is not None else _run_params(path))
   params, taken, kept, left = merge(fresh, source)
   if not taken:
     raise errors.InputError(f'config.model.init_from={path!r} shares no parameter with this '

@@ -39,6 +39,7 @@ class Setup:
   # What the training loop is handed (a Setup built by hand, for timing, may leave them out):
   resume_changes: Any = None  # (saved config dict, config, params) -> changes; raises if none fit.
   scorer: Any = None  # (Setup, batches, labels) -> params -> report, for train.select_metric.
+  init_source: Any = None  # config.model.init_from's arrays, read by the checks (or None).
 
   def module(self, training=False):
     """The Flax module; training mode turns dropout on."""
@@ -127,7 +128,7 @@ def setup(config, workdir, devices=None, with_data=True, mode_inputs=None):
   the splits are empty and the sequence length is the model's.
   """
   devices = jax.devices() if devices is None else devices
-  parts = checks.check_config(config, len(devices), mode_inputs)
+  parts = checks.check_config(config, len(devices), mode_inputs, workdir)
   fmt = parts.task.batch_format(config)
   if getattr(parts.model, 'SEQ2SEQ', False):  # Prompts become the encoder's source.
     fmt = dataclasses.replace(fmt, seq2seq=True)
@@ -142,7 +143,8 @@ def setup(config, workdir, devices=None, with_data=True, mode_inputs=None):
                fmt=fmt, splits=splits, seq_len=seq_len, mesh=mesh, tx=parts.tx, fb=parts.fb,
                schedule=checks.schedule(config),
                mode_inputs=parts.mode_inputs, resume_changes=resume.resume_changes,
-               scorer=labelling.scorer if config.train.select_metric else None)
+               scorer=labelling.scorer if config.train.select_metric else None,
+               init_source=parts.init_source)
 
 
 def with_data(s, workdir):

@@ -174,7 +174,9 @@ def finetune(config, workdir):
         s.splits['train'], before['train'][0])})
     evals = evaluators.build(config.evals, s)
     evals_before = evaluators.run(evals, start)
-    summary, params = loop.train_loop(s, workdir, signals, init_params=start, keep_best=False)
+    # As --mode=train: the parameters of the best validation measure (the held-out preferred
+    # responses' CE, or config.train.select_metric) are the fine-tuned ones reported.
+    summary, params = loop.train_loop(s, workdir, signals, init_params=start)
     if 'stopped_by' in summary:
       return summary
     evals_after = evaluators.run(evals, params)
@@ -216,8 +218,10 @@ def _headline(val):
 
 def _log(summary, evals, before, after):
   lines = [f"done: {summary['steps']} steps in {loop.fmt_time(summary['wall_s'])} "
-           f"(compile {summary['compile_s'] or 0:.1f}s)"]
+           f"(compile {summary['compile_s'] or 0:.1f}s); best val CE "
+           f"{summary['best_val_ce']:.4f} at step {summary['best_step']}, whose parameters are "
+           'reported']
   for name, result in after.items():
     lines.append(f'{name}, starting parameters: {evals[name].describe(before[name])}')
-    lines.append(f'{name}, fine-tuned: {evals[name].describe(result)}')
+    lines.append(f'{name}, fine-tuned (best): {evals[name].describe(result)}')
   logging.info('\n'.join(lines))

@@ -1,6 +1,7 @@
 """The config of a finished run, for --mode=eval and --mode=sample: the model, data and task are
 the ones its checkpoint was written with, whatever --config says; only settings that make sense
 to change when evaluating or sampling are taken from --config."""
+import ast
 import json
 import os
 
@@ -51,6 +52,44 @@ def load(config, workdir):
           ". eval and sample read the run's own config: drop --config, or those overrides.")
     flat.update((k, v) for k, v in metrics.flatten(config.to_dict(), '.').items()
                 if _changeable(k))
+  run = ml_collections.ConfigDict(resume.unflatten(flat))
+  run.lock()
+  return run
+
+
+def _parse(key, text, current):
+  """The --config.key=text flag's value, of the type the run's value has."""
+  if isinstance(current, str):
+    return text
+  if isinstance(current, bool):
+    if text.lower() in ('true', 'false', '1', '0'):
+      return text.lower() in ('true', '1')
+    raise errors.ConfigError(f'--config.{key}={text}: true or false.')
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = None
+  kinds = ((int, float) if isinstance(current, (int, float)) else
+           (list, tuple) if isinstance(current, (list, tuple)) else type(current))
+  if value is None or isinstance(value, bool) or not isinstance(value, kinds):
+    raise errors.ConfigError(f'--config.{key}={text}: the run holds a {type(current).__name__} '
+                             f'there ({current!r}).')
+  return float(value) if isinstance(current, float) else value
+
+
+def with_overrides(workdir, overrides):
+  """The run's own config with `overrides` ({flat key: flag text}, --config.key=value flags given
+  without --config) applied; ConfigError naming a key that is not a config key or not
+  CHANGEABLE."""
+  flat = resume.migrate(saved(workdir))
+  unknown = [k for k in overrides if k not in flat]
+  fixed = [k for k in overrides if k in flat and not _changeable(k)]
+  if unknown or fixed:
+    raise errors.ConfigError(
+        ', '.join([f'--config.{k} names no config key' for k in unknown] +
+                  [f'--config.{k} is fixed by the run in {workdir}' for k in fixed]) +
+        f'; without --config, eval and sample change only {", ".join(CHANGEABLE)}.')
+  flat.update({k: _parse(k, v, flat[k]) for k, v in overrides.items()})
   run = ml_collections.ConfigDict(resume.unflatten(flat))
   run.lock()
   return run

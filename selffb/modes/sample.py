@@ -43,8 +43,7 @@ def sample_checkpoint(config, workdir, texts):
     if n is not None and n > sp.max_new_tokens:
       raise errors.InputError(
           f'prompt {text!r} has a {n}-token answer but config.sample.max_new_tokens='
-          f'{sp.max_new_tokens} would cut it; raise it (--config=<the run\'s config file> '
-          f'--config.sample.max_new_tokens={n}).')
+          f'{sp.max_new_tokens} would cut it; raise it (--config.sample.max_new_tokens={n}).')
   prompts = [s.tokenizer.encode_prompt(t) for t in texts]
   s.model.check_decode(s.model_cfg, max(len(p) for p in prompts), sp.max_new_tokens)
   step, params, _ = state_lib.restore_best_params(s, selftrain.model_dir(workdir))

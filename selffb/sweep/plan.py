@@ -21,6 +21,7 @@ from it (selftrain.init_workdir = <its sub-workdir>/rounds/r00): one round-0 tra
 instead of one per entry. Those entries wait for it: here they run after it; submitted, they go
 in a second wave once the first variant's jobs end.
 """
+import ast
 import copy
 import dataclasses
 import difflib
@@ -84,10 +85,33 @@ def load_spec(config_file):
                      'and sweep() (see configs/ablations/tiny.py).')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  repeated = duplicate_keys(path)
+  if repeated:
+    raise SweepError(f'{path}: ' + '; '.join(repeated) + ': Python keeps only the last value of '
+                     'a key a dict literal repeats, so the earlier one would never run. Rename or '
+                     'remove one.')
   if not callable(getattr(module, 'sweep', None)):
     raise SweepError(f'{path} has no sweep(): an ablation file returns its variants and seeds '
                      'from sweep() (see configs/ablations/tiny.py).')
   return module.sweep()
+
+
+def duplicate_keys(path):
+  """Every key a dict literal of the file at `path` repeats (a variant name given twice in
+  sweep(), a config key given twice in a variant), as 'line N: KEY twice': the dict Python builds
+  keeps only the last, so sweep()'s value cannot show them; the file's syntax tree can."""
+  with open(path, encoding='utf-8') as f:
+    tree = ast.parse(f.read(), path)
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Dict):
+      seen = set()
+      for key in node.keys:
+        if isinstance(key, ast.Constant):
+          if key.value in seen:
+            found.append(f'line {key.lineno}: {key.value!r} twice in one dict')
+          seen.add(key.value)
+  return found
 
 
 def _variant_problems(variants):

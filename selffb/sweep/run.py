@@ -19,7 +19,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from selffb import runtime
+from selffb.assemble import resume
 from selffb.modes import finetune as finetune_mode
+from selffb.modes import run_config
 from selffb.modes import selftrain
 from selffb.modes import train as train_mode
 from selffb.sweep import aggregate
@@ -53,6 +55,8 @@ def prepare(config, config_file, cli_overrides, workdir, index, executor):
   """The checked sweep and the entries to run; raises SweepError before anything is written."""
   if executor not in EXECUTORS:
     raise plan.SweepError(f'--sweep_executor={executor!r}; choose one of {EXECUTORS}.')
+  if runtime.workdir_problem(workdir):
+    raise plan.SweepError(runtime.workdir_problem(workdir))
   sw = plan.build(config, config_file, cli_overrides, workdir, _devices(config, executor))
   entries = plan.select(sw, index)
   if executor != 'local':
@@ -60,6 +64,27 @@ def prepare(config, config_file, cli_overrides, workdir, index, executor):
     if found:
       raise plan.SweepError('the sweep cannot be submitted:\n  - ' + '\n  - '.join(found))
   return sw, entries
+
+
+def changed_problems(sw):
+  """A message naming the keys where a finished entry's run had other values than the sweep
+  gives it now (the executor's config.slurm aside), or None: skipping it would report its
+  results as the new settings'. A plain resume refuses the same change."""
+  changed, where = {}, {}
+  for e in sw.entries:
+    if not aggregate.finished(e.workdir):
+      continue
+    for key, values in resume.config_changes(run_config.saved(e.workdir), e.config).items():
+      if not key.startswith('slurm.') and not (key == plan.INIT_KEY and e.base is not None):
+        changed.setdefault(key, values)
+        where.setdefault(key, os.path.relpath(e.workdir, sw.workdir))
+  if not changed:
+    return None
+  return (f'finished runs in {sw.workdir} ran with other settings than this sweep gives: ' +
+          ', '.join(f'{k} {v[0]!r} (run, e.g. {where[k]}) vs {v[1]!r}'
+                    for k, v in changed.items()) +
+          '; skipping them would report their results as these settings\'. Use a new --workdir '
+          'for the new settings, or restore those values.')
 
 
 class _Progress:
@@ -236,6 +261,9 @@ def run_sweep(config, config_file, cli_overrides, workdir, index=None, executor=
   """--mode=sweep: runs (or submits) the unfinished entries, then the report; returns each
   entry's status: 'skipped', 'done', 'stopped' or 'failed'."""
   sw, entries = prepare(config, config_file, cli_overrides, workdir, index, executor)
+  changed = changed_problems(sw)
+  if changed:
+    raise plan.SweepError(changed)
   if executor != 'local':
     _check_available(executor)
   runtime.write_json(os.path.join(workdir, 'sweep.json'), plan.layout(sw))

@@ -20,6 +20,7 @@ train_dataset, eval_batches = seq.train_dataset, seq.eval_batches
 loss_fn, eval_sums, example_length = seq.loss_fn, seq.eval_sums, seq.example_length
 SUPPORTS_SELFTRAIN = True
 example_feedback = addition_feedback.example_feedback  # --mode=finetune without a file.
+example_problems = addition_feedback.example_problems  # Its config keys' problems.
 DATA_KEYS = ('data.addition.',)  # What makes the records; a change restarts early stopping.
 
 

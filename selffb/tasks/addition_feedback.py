@@ -47,6 +47,23 @@ def record(kind, prompt, response, right, rng, rules=records.Rules()):
           'rejected': off_by_a_digit(right, rng) if ok else response}
 
 
+def example_problems(config):
+  """Problems of config.data.feedback.example_digits and example_prompts: operand lengths of
+  1..18 digits (drawn as int64), each with room for its share of the prompts."""
+  c = config.data.feedback
+  digits = c.example_digits
+  if (not isinstance(digits, (list, tuple)) or not digits or not all(
+      isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 18 for d in digits)):
+    return [f'config.data.feedback.example_digits={digits!r}: a non-empty tuple of operand '
+            'lengths from 1 to 18.']
+  share = -(-c.example_prompts // len(digits))  # The most prompts one length gets.
+  room = lambda d: problems.operands_of_length(d) * 10 ** d // 2
+  return [f'config.data.feedback.example_digits={tuple(digits)!r}: {d}-digit operands make at '
+          f'most {room(d)} problems, fewer than the {share} of example_prompts='
+          f'{c.example_prompts} each length gets; lower it or use longer operands.'
+          for d in digits if isinstance(c.example_prompts, int) and share > room(d)]
+
+
 def example_feedback(config, answer_fn=None):
   """Records for config.data.feedback.example_prompts new problems of example_digits (never a
   test problem). `answer_fn(prompts, max_new_tokens) -> texts` is the starting model's greedy

@@ -100,9 +100,16 @@ def example_length(unit, fmt=None):
 def _read(path, config):
   """(groups, problems) of one file; too-long records are problems like malformed ones."""
   c, rules, groups = config.data.feedback, records.Rules.from_config(config.data.feedback), []
-  limit = config.model.max_len
+  limit, fmt = config.model.max_len, batch_format(config)
 
   def accept(line, record):
+    try:  # Prompts in another layout than the base task's (the starting run's) would train
+      fmt.check_prompt(record['prompt'])  # the model on text it never saw: refused, even on skip.
+    except errors.InputError as e:
+      raise records.RecordFileError(
+          f'{path}: line {line}: {e} The records must use the prompt layout of config.data.'
+          f'feedback.base_task={c.base_task!r} (data.{c.base_task}.* keys), as the starting run '
+          'did; rewrite the file in that layout.') from None
     got = records.convert(line, record, rules)
     longest = max(example_length({'rows': rows}) for rows, _ in got)
     if longest > limit:
@@ -288,6 +295,7 @@ def config_problems(config):
       found.append(f'config.data.feedback.base_task: {e}'.replace('config.data.task=', ''))
   if base is not None:
     found.extend(base.config_problems(config))
+    found.extend(getattr(base, 'example_problems', lambda c: [])(config))
   need(c.train_path or (base is not None and hasattr(base, 'example_feedback')),
        'config.data.feedback.train_path is empty, so an example would be generated, but '
        f'base_task={c.base_task!r} writes none; give a JSONL file or base_task=\'addition\'.')
