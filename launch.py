@@ -69,16 +69,16 @@ class _QuietLibraries(std_logging.Filter):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    _error(f'unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None and _MODE.value in ('train', 'selftrain', 'finetune', 'sweep',
                                                'sweep_plan'):
-    raise app.UsageError(f'--mode={_MODE.value} needs --config (e.g. configs/default.py, or '
-                         'for the sweep modes a file in configs/ablations/).')
+    _error(f'--mode={_MODE.value} needs --config (e.g. configs/default.py, or for the sweep '
+           'modes a file in configs/ablations/).')
   if _RUN_OVERRIDES and _MODE.value not in ('eval', 'sample'):
-    raise app.UsageError(f'--config.{next(iter(_RUN_OVERRIDES))} without --config: only eval and '
-                         "sample apply overrides to the run's own config; give --config.")
+    _error(f'--config.{next(iter(_RUN_OVERRIDES))} without --config: only eval and sample '
+           "apply overrides to the run's own config; give --config.")
   if _SWEEP_INDEX.value is not None and _MODE.value not in ('sweep', 'sweep_plan'):
-    raise app.UsageError('--sweep_index applies to --mode=sweep and --mode=sweep_plan.')
+    _error('--sweep_index applies to --mode=sweep and --mode=sweep_plan.')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Before JAX's backend starts its threads; for the training modes only, since it makes
   # compiling slower and eval and sample mostly compile.

@@ -255,3 +255,16 @@ def test_launch_samples_with_only_overrides_of_the_run_config(tmp_path):
   out = launch_run('--mode=sample', f'--workdir={workdir}', '--config.model.d_model=8',
                    '--prompt=1+2=')
   assert out.returncode == 2 and 'model.d_model is fixed by the run' in out.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('args, fragment', [
+    (['--mode=train'], '--mode=train needs --config'),
+    (['--mode=sweep_report', '--config.seed=1'], 'without --config'),
+    (['--mode=eval', '--sweep_index=0'], '--sweep_index applies to'),
+    (['--mode=eval', 'extra'], 'unexpected arguments')])
+def test_launch_usage_mistakes_are_one_line_and_exit_2(args, fragment, tmp_path):
+  out = launch_run(f'--workdir={tmp_path / "run"}', *args)
+  assert out.returncode == 2 and out.stderr.strip().count('\n') == 0, out.stderr
+  assert out.stderr.startswith('error: ') and fragment in out.stderr
+  assert not (tmp_path / 'run').exists()
