@@ -36,15 +36,14 @@ def greedy_answers(s, params, texts, level):
   return [s.task.candidate(t, lp, level, s.fmt, tok)['answer'] for t, lp in outs]
 
 
-def round_scorers(s, weights, params, texts, level, answer=greedy_answers):
+def round_scorers(s, weights, params, texts, level):
   """Per prompt, a function (candidate answers) -> consistency values, its views answered by
-  `answer(s, params, view texts, level)` in one batched call; None when the weight is 0 (no
-  view is sampled)."""
+  `greedy_answers` in one batched call; None when the weight is 0 (no view is sampled)."""
   if not weights.get('consistency'):
     return None
   check = s.task.consistency(s.config)
   views = [check.views(t) for t in texts]
-  got = iter(answer(s, params, [v for vs in views for v in vs], level))
+  got = iter(greedy_answers(s, params, [v for vs in views for v in vs], level))
   return [functools.partial(scoring.consistency_shares,
                             view_answers=[next(got) for _ in vs], same_answer=check.same_answer)
           for vs in views]
