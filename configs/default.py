@@ -217,6 +217,7 @@ def get_config(arg=None):
   c.selftrain.weights.format = 0.0  # 1 if the answer has the task's form (digits, right length).
   c.selftrain.weights.verifier = 1.0  # 1 if selftrain.verifier accepts the answer.
   c.selftrain.weights.rating = 0.0  # Recorded rating in [0, 1] from selftrain.ratings_file.
+  c.selftrain.weights.consistency = 0.0  # Share of the task's equivalent prompts answered alike.
   c.selftrain.verifier = 'task'  # 'task' (exact check), '', or 'module:fn' (prompt, answer)->bool.
   c.selftrain.ratings_file = ''  # JSONL {"prompt", "answer", "rating"}; unrated candidates get 0.
   c.selftrain.theta = 1.0  # Keep a prompt's best candidate if Q >= theta.

@@ -4,6 +4,7 @@ A candidate is a dict with its answer and one score per source in SOURCES; Q = s
 over the normalised weights (`signals.fuse`, as for the loss's F); each prompt keeps its best
 candidate if Q clears the threshold.
 """
+import collections
 import importlib
 import inspect
 import json
@@ -12,7 +13,12 @@ import math
 from selffb import errors
 from selffb.feedback import signals
 
-SOURCES = ('confidence_mean', 'confidence_min', 'vote', 'format', 'verifier', 'rating')
+SOURCES = ('confidence_mean', 'confidence_min', 'vote', 'format', 'verifier', 'rating',
+           'consistency')
+
+# A task's self-consistency check: `views(prompt) -> [equivalent prompts]` whose answers must not
+# change, and `same_answer(a, b) -> bool`. A task declares it through its `consistency(config)`.
+Consistency = collections.namedtuple('Consistency', 'views same_answer')
 
 
 def normalize_weights(weights):
@@ -26,6 +32,15 @@ def vote_shares(answers):
   for a in answers:
     counts[a] = counts.get(a, 0) + 1
   return [counts[a] / len(answers) for a in answers]
+
+
+def consistency_shares(answers, view_answers, same_answer):
+  """For each candidate answer, the share of the prompt's view answers that `same_answer` deems
+  equal to it (1.0 when there are no views: nothing disagrees)."""
+  if not view_answers:
+    return [1.0] * len(answers)
+  return [sum(bool(same_answer(a, v)) for v in view_answers) / len(view_answers)
+          for a in answers]
 
 
 def select(groups, theta, top_fraction=1.0):

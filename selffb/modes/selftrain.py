@@ -36,6 +36,7 @@ from selffb.data import pipeline
 from selffb.evaluators import greedy
 from selffb.feedback import scoring
 from selffb.feedback import signals
+from selffb.modes import consistency
 from selffb.modes import selftrain_report
 from selffb.train import loop
 from selffb.train import state as state_lib
@@ -101,13 +102,18 @@ def _generate(run, params, texts, level, r):
       sp=sp, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=s.mesh)
 
 
-def _score(run, text, samples, level):
-  """A prompt's candidates with every source, their fused score Q and their correctness."""
+def _score(run, text, samples, level, agree=None):
+  """A prompt's candidates with every source, their fused score Q and their correctness (the
+  exact check measures; it reaches Q only as the verifier, and only when that is weighted).
+  `agree`: (answers) -> consistency values, None when unweighted."""
   cands = [run.s.task.candidate(tokens, logprobs, level, run.s.fmt, run.s.tokenizer)
            for tokens, logprobs in samples]
-  for c, share in zip(cands, scoring.vote_shares([c['answer'] for c in cands])):
-    c['vote'] = share
-    c['verifier'] = float(bool(run.verifier(text, c['answer']))) if run.verifier else 0.0
+  answers = [c['answer'] for c in cands]
+  agreed = agree(answers) if agree else [0.0] * len(cands)
+  for c, share, same in zip(cands, scoring.vote_shares(answers), agreed):
+    c['vote'], c['consistency'] = share, same
+    c['verifier'] = (float(bool(run.verifier(text, c['answer'])))
+                     if run.verifier and 'verifier' in run.weights else 0.0)
     c['rating'] = run.ratings.get((text, c['answer']), 0.0)
     c['q'] = signals.fuse(c, run.weights)
     c['correct'] = bool(run.exact(text, c['answer']))
@@ -120,12 +126,15 @@ def _sample_round(run, params, r, level):
   s, st = run.s, run.s.config.selftrain
   texts = s.task.round_prompts(s.config, r, level, run.held_out, s.fmt)
   outs, k = _generate(run, params, texts, level, r), st.samples_per_prompt
-  groups = [_score(run, text, outs[i * k:(i + 1) * k], level) for i, text in enumerate(texts)]
+  agree = consistency.round_scorers(s, run.weights, params, texts, level) or [None] * len(texts)
+  groups = [_score(run, text, outs[i * k:(i + 1) * k], level, agree[i])
+            for i, text in enumerate(texts)]
   kept = scoring.select(groups, st.theta, st.keep_top_fraction)
   every = [c for g in groups for c in g]
   summary = {'digits': level, 'prompts': len(texts), 'generated': len(every),
              'kept': len(kept), 'label_precision': scoring.label_precision(kept),
-             'candidate_accuracy': sum(c['correct'] for c in every) / len(every)}
+             'candidate_accuracy': sum(c['correct'] for c in every) / len(every),
+             **consistency.summary(every, run.weights)}
   rows = [{'prompt': c['prompt'], 'answer': c['answer'], 'digits': level, 'q': c['q'],
            'correct': c['correct'], 'scores': {k: c[k] for k in scoring.SOURCES}} for c in kept]
   return summary, rows
@@ -348,7 +357,8 @@ def inputs(config):
   if weights.get('verifier') and verifier is None:
     return ['config.selftrain.weights.verifier > 0 but config.selftrain.verifier is empty; '
             'name one.'], None
-  return [], (weights, exact, verifier, scoring.load_ratings(st.ratings_file))
+  return consistency.config_problems(config, task, weights), (
+      weights, exact, verifier, scoring.load_ratings(st.ratings_file))
 
 
 def run_selftrain(config, workdir):

@@ -11,7 +11,8 @@ from selffb import runtime
 _LEGEND = ('Greedy exact match (%) on held-out test problems per operand length (1d, 2d, ...) '
            'after each round; before/after: at the digits the round prompted. label_precision: '
            'share of kept samples that are correct (exact check, whatever the filter). '
-           'candidate_accuracy: share of all sampled candidates that are correct.\n\n')
+           'candidate_accuracy: share of all sampled candidates that are correct. consistency '
+           "(when weighted): mean share of a candidate's equivalent prompts answered alike.\n\n")
 
 
 def pct(x):
@@ -22,7 +23,8 @@ def _columns(rows):
   lengths = sorted({int(k) for row in rows for k in row['test']})
   return ['run', 'round', 'digits', 'prompts', 'generated', 'kept', 'label_precision',
           'candidate_accuracy', 'before', 'after', 'steps', 'val_exact'] + [
-              f'acc_{n}' for n in lengths] + ['wall_s']
+              f'acc_{n}' for n in lengths] + ['wall_s'] + (
+                  ['consistency'] if any('consistency' in row for row in rows) else [])
 
 
 def _flat_rows(rows):
@@ -51,7 +53,7 @@ def markdown(rows):
     for c in cols:
       v = flat.get(c, '')
       if c.startswith('acc_') or c in ('label_precision', 'candidate_accuracy', 'val_exact',
-                                       'before', 'after'):
+                                       'before', 'after', 'consistency'):
         v = pct(v) if v != '' else ''
       elif c == 'wall_s':
         v = f'{v:.0f}'

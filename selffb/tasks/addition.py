@@ -11,6 +11,7 @@ import numpy as np
 
 from selffb import errors
 from selffb.data import pipeline
+from selffb.feedback import scoring
 from selffb.tasks import addition_feedback
 from selffb.tasks import addition_problems as problems
 from selffb.tasks import seq
@@ -114,6 +115,19 @@ def config_problems(config):
 def verifier(fmt):
   """The exact check: (prompt, answer) -> is the answer the sum."""
   return lambda prompt, answer: answer == problems.addition_answer(prompt, aligned(fmt))
+
+
+def swapped(prompt):
+  """a + b's one equivalent prompt, b + a, in the same layout: '<A>+<B>=' -> '<B>+<A>=' (the
+  operands' text is swapped whole, so aligned zero padding and position ids carry over)."""
+  a, b = prompt[:-1].split('+')
+  return [f'{b}+{a}=']
+
+
+def consistency(config):
+  """The self-consistency check (selftrain weight `consistency`): b + a must get a + b's answer."""
+  del config
+  return scoring.Consistency(views=swapped, same_answer=lambda x, y: x == y)
 
 
 def start_level(config):

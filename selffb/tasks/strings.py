@@ -8,6 +8,7 @@ generalisation). Batches, loss and teacher-forced sums are the decoder-LM ones o
 import numpy as np
 
 from selffb.data import pipeline
+from selffb.feedback import scoring
 from selffb.tasks import seq
 
 BATCH_KEYS, EVAL_KEYS = seq.BATCH_KEYS, seq.EVAL_KEYS
@@ -16,6 +17,20 @@ loss_fn, eval_sums, example_length = seq.loss_fn, seq.eval_sums, seq.example_len
 SUPPORTS_SELFTRAIN = False
 DATA_KEYS = ('data.strings.',)
 OPS = {'reverse': lambda s: s[::-1], 'sort': lambda s: ''.join(sorted(s))}
+
+
+def _permutations(prompt):
+  """Two permutations of a sort prompt's string (reversed, rotated by one): same sorted output."""
+  text = prompt[:-1]
+  return [text[::-1] + '=', text[1:] + text[:1] + '=']
+
+
+def consistency(config):
+  """The self-consistency check: 'sort' declares permutations of the input; 'reverse' has no
+  transformation that keeps its answer, so it declares none (None)."""
+  if config.data.strings.op != 'sort':
+    return None
+  return scoring.Consistency(views=_permutations, same_answer=lambda x, y: x == y)
 
 
 def batch_format(config):
