@@ -124,8 +124,8 @@ def _opt_state(directory, step):
   manager = ocp.CheckpointManager(f'{directory}/checkpoints')
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   leaves = jax.tree_util.tree_flatten_with_path(state.state['opt_state'])[0]
-  pick = lambda name: {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves
-                       if f"['{name}']" in jax.tree_util.keystr(p)}
+  pick = lambda name: {jax.tree_util.keystr(p).replace(f"['{name}']", ''): np.asarray(x)
+                       for p, x in leaves if f"['{name}']" in jax.tree_util.keystr(p)}
   count = [int(x) for p, x in leaves if jax.tree_util.keystr(p).endswith("['count']")]
   return pick('mu'), pick('nu'), count, manager.latest_step()
 
