@@ -5,9 +5,10 @@ problems one level harder than round r-1 (for addition, one digit longer), sampl
 for each with the KV-cache sampler, scores every candidate with Q = sum_i w_i f_i over the
 sources in `config.selftrain.weights`, keeps each prompt's best candidate when Q >= theta (then,
 optionally, only the top share), and trains from the current weights on the training set mixed
-with everything kept so far (`mixing`; selftrain_recipe.py). Rounds stop at a target, a round cap, or when validation stops
-improving. A control arm repeats the same rounds without the self-labelled data. The task
-supplies the problems, the exact verifier and the answer form through its hooks.
+with everything kept so far (by `mixing`: selftrain_recipe.py). Rounds stop at a target, a round
+cap, or when validation stops improving. A control arm repeats the same rounds without the
+self-labelled data. The task supplies the problems, the exact verifier and the answer form
+through its hooks.
 
 Each round is a directory under <workdir>/rounds (the control's under <workdir>/control):
 `kept.jsonl` (every kept sample with its score, sources and whether it is correct),
@@ -189,8 +190,8 @@ def _restore_params(run, directory):
 
 def _run_round(run, root, r, params, base_dir, make_data):
   """Round r of an arm under `root`, from `params` (restored from the round before, or round 0
-  in base_dir, when None). `make_data(directory, params)` gives (each round's kept rows, row head), or
-  None to stop. Returns the round's parameters, or None when a signal stopped it."""
+  in base_dir, when None). `make_data(directory, params)` gives (each round's kept rows, row
+  head), or None to stop. Returns the round's parameters, or None when a signal stopped it."""
   directory = os.path.join(root, f'r{r:02d}')
   previous_dir = os.path.join(root, f'r{r - 1:02d}') if r > 1 else base_dir
   if params is None:
