@@ -232,6 +232,12 @@ def get_config(arg=None):
   c.selftrain.target_accuracy = 0.99  # The target for target_digits.
   c.selftrain.patience = 0  # Rounds w/o better mean val exact match before stop; 0: off.
   c.selftrain.control = False  # Also train same rounds w/o self-labelled data, for the report.
+  c.selftrain.operands = 'one_n'  # Round prompts: 'one_n' (other operand 1..n digits) or 'both_n'.
+  c.selftrain.mixing = 'pooled'  # 'pooled': mix of all kept; 'rounds': mix newest, rest by weight.
+  c.selftrain.base_weight = 16.0  # mixing='rounds': original data's weight (each older round: 1).
+  c.selftrain.keep_optimizer = False  # Round starts from the last round's Adam state (else fresh).
+  c.selftrain.schedule = 'optim'  # Round lr shape: 'optim' (optim.schedule) or one of its names.
+  c.selftrain.decay_fraction = 0.2  # Round schedule 'wsd': share of the round's steps in the decay.
 
   c.finetune = ml_collections.ConfigDict()  # --mode=finetune: train on recorded feedback.
   c.finetune.init_workdir = ''  # Start and DPO reference: this run's best params ('': scratch).

@@ -61,6 +61,12 @@ def restore(manager, abstract_state, abstract_best):
   return step, r.state, r.best, r.data, r.loop
 
 
+def restore_state(manager, abstract_state):
+  """(step, train state) of the newest restorable checkpoint, or None."""
+  got = _restore_latest(manager, ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+  return None if got is None else (got[0], got[1].state)
+
+
 def restore_params(manager, abstract_params):
   """The best parameters and loop state of the newest restorable checkpoint, as
   (step, params, loop), or None."""

@@ -22,6 +22,7 @@ from selffb import sharding
 from selffb import tasks
 from selffb.assemble import init_from
 from selffb.assemble import ranges
+from selffb.data import pipeline
 from selffb.data import tokenizers
 from selffb.feedback import losses
 from selffb.feedback import records
@@ -181,6 +182,11 @@ def selftrain_problems(st):
        f'must be below steps_per_round={st.steps_per_round}.')
   need(not st.ratings_file or os.path.isfile(st.ratings_file),
        f'config.selftrain.ratings_file={st.ratings_file!r} does not exist.')
+  for key, names in (('mixing', pipeline.MIXINGS), ('schedule', ('optim',) + optim.SCHEDULES)):
+    need(st[key] in names, f'config.selftrain.{key}={st[key]!r}; choose one of {names}.')
+  need(st.mixing != 'rounds' or not st.max_self_examples,
+       f'config.selftrain.max_self_examples={st.max_self_examples} caps the pooled mix only; '
+       "set it to 0 with mixing='rounds'.")
   return found
 
 

@@ -78,6 +78,8 @@ RANGES = {
     'selftrain.target_digits': AT_LEAST_0,
     'selftrain.target_accuracy': UNIT,
     'selftrain.patience': AT_LEAST_0,
+    'selftrain.base_weight': POSITIVE,
+    'selftrain.decay_fraction': SHARE,
     'slurm.nodes': AT_LEAST_1,
     'slurm.gpus_per_node': AT_LEAST_0,
     'slurm.cpus_per_task': AT_LEAST_1,

@@ -74,7 +74,11 @@ _ADDED = {'model.kind': 'decoder', 'data.tokenizer': 'byte',
           'data.text.train_paths': '', 'data.text.validation_paths': '',
           'data.text.test_paths': '', 'data.text.separator': 'file',
           # Issue 30: the self-consistency score source (older runs had none).
-          'selftrain.weights.consistency': 0.0}
+          'selftrain.weights.consistency': 0.0,
+          # Issue 30: the self-improvement recipe's knobs (older runs: today's rounds).
+          'selftrain.operands': 'one_n', 'selftrain.mixing': 'pooled',
+          'selftrain.base_weight': 16.0, 'selftrain.keep_optimizer': False,
+          'selftrain.schedule': 'optim', 'selftrain.decay_fraction': 0.2}
 _REMOVED = ('model.vocab_size',)
 # Keys added with a new optimizer-state layout: a checkpoint whose config lacks one holds a state
 # this code cannot restore (issue 17 gave scale_by_feedback's state a ratio_ema).

@@ -5,6 +5,8 @@ cheaper than per-record reads, and its iterator state is a small dict saved with
 checkpoint. What a batch looks like is the task's business: the pipeline hands each host's
 records to the task's `encode` function.
 """
+import bisect
+
 import grain
 
 
@@ -45,6 +47,54 @@ def mix(base, extra_records, share, cap):
     return base
   repeats = max(1, round(share / (1 - share) * len(base) / len(extra_records)))
   return MixedSource(base, ListSource(extra_records), repeats)
+
+
+MIXINGS = ('pooled', 'rounds')  # config.selftrain.mixing: see mix and mix_rounds.
+
+
+class WeightedSource:
+  """Sources laid end to end, source i taking `counts[i]` indices and repeating its own records
+  over them: an epoch holds exactly those counts, so each source's share is fixed."""
+
+  def __init__(self, parts, counts):
+    self.parts, self.counts = parts, counts
+    self.starts = [sum(counts[:i]) for i in range(len(counts))]
+
+  def __len__(self):
+    return sum(self.counts)
+
+  def __getitems__(self, indices):
+    wanted = {}
+    for pos, i in enumerate(indices):
+      part = bisect.bisect_right(self.starts, i) - 1
+      wanted.setdefault(part, []).append((pos, (i - self.starts[part]) % len(self.parts[part])))
+    out = [None] * len(indices)
+    for part, pairs in wanted.items():
+      for (pos, _), rec in zip(pairs, self.parts[part].__getitems__([j for _, j in pairs])):
+        out[pos] = rec
+    return out
+
+
+def weighted(parts, shares):
+  """A WeightedSource where part i holds `shares[i]` of every epoch (shares sum to 1), the epoch
+  long enough that every record of every part appears at least once."""
+  length = max(-(-len(p) // s) for p, s in zip(parts, shares))
+  return WeightedSource(parts, [round(length * s) for s in shares])
+
+
+def mix_rounds(base, rounds, newest_share, base_weight):
+  """Lee et al.'s mix: `newest_share` of the examples from the newest round's records (the last
+  list of `rounds`), the rest spread over `base` (weight `base_weight`) and each older round
+  (weight 1). Rounds with no records drop out and the others' shares grow to fill theirs."""
+  *older, newest = rounds if rounds else [[]]
+  old = [(base, base_weight)] + [(ListSource(r), 1.0) for r in older if r]
+  total = sum(w for _, w in old)
+  parts = [(src, w / total * (1 - newest_share if newest else 1)) for src, w in old]
+  if newest and newest_share > 0:
+    parts.append((ListSource(newest), newest_share))
+  if len(parts) == 1:
+    return base
+  return weighted([p for p, _ in parts], [s for _, s in parts])
 
 
 def read_all(source, chunk=4096):

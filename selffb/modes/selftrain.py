@@ -5,9 +5,10 @@ problems one level harder than round r-1 (for addition, one digit longer), sampl
 for each with the KV-cache sampler, scores every candidate with Q = sum_i w_i f_i over the
 sources in `config.selftrain.weights`, keeps each prompt's best candidate when Q >= theta (then,
 optionally, only the top share), and trains from the current weights on the training set mixed
-with everything kept so far. Rounds stop at a target, a round cap, or when validation stops
-improving. A control arm repeats the same rounds without the self-labelled data. The task
-supplies the problems, the exact verifier and the answer form through its hooks.
+with everything kept so far (by `mixing`: selftrain_recipe.py). Rounds stop at a target, a round
+cap, or when validation stops improving. A control arm repeats the same rounds without the
+self-labelled data. The task supplies the problems, the exact verifier and the answer form
+through its hooks.
 
 Each round is a directory under <workdir>/rounds (the control's under <workdir>/control):
 `kept.jsonl` (every kept sample with its score, sources and whether it is correct),
@@ -32,11 +33,11 @@ from selffb import runtime
 from selffb import sampling
 from selffb import tasks
 from selffb.assemble import setup as setup_lib
-from selffb.data import pipeline
 from selffb.evaluators import greedy
 from selffb.feedback import scoring
 from selffb.feedback import signals
 from selffb.modes import consistency
+from selffb.modes import selftrain_recipe
 from selffb.modes import selftrain_report
 from selffb.train import loop
 from selffb.train import state as state_lib
@@ -71,7 +72,7 @@ class _Run:
   exact: Any  # The task's exact check, which measures label precision whatever the filter.
   ratings: dict
   rows: list = dataclasses.field(default_factory=list)
-  kept_all: list = dataclasses.field(default_factory=list)
+  kept_rounds: list = dataclasses.field(default_factory=list)  # Each round's kept rows.
 
 
 def hash_seed(*parts):
@@ -149,34 +150,26 @@ def _progress(run, arm, r):
   return {'label': f'{arm} round {r}/{rounds} | ', 'steps_after': after}
 
 
-def _round_config(config, r, steps):
-  c = config.copy_and_resolve_references()
-  with c.unlocked():
-    c.seed = config.seed + r
-    c.train.num_steps = steps
-    c.train.eval_every = steps  # One evaluation, at the end: a round ends on its last weights.
-    c.train.patience = 0
-    c.train.checkpoint_every = min(config.train.checkpoint_every, steps)
-    c.optim.lr = config.selftrain.lr
-    c.optim.warmup_steps = min(config.selftrain.warmup_steps, steps - 1)
-  return c
-
-
-def _fit_round(run, directory, r, self_records, params, head, t0):
-  """Trains round r in `directory` (resuming it) on the training set plus self_records, then
-  evaluates it; returns (row, params), or (None, None) when a signal stopped the training."""
+def _fit_round(run, directory, r, self_rounds, params, head, t0, previous_dir):
+  """Trains round r in `directory` (resuming it) on the training set mixed with self_rounds
+  (each round's kept rows), then evaluates it; returns (row, params), or (None, None) when a
+  signal stopped the training. `previous_dir`: the round before, whose optimizer state the
+  round starts from with config.selftrain.keep_optimizer."""
   s = run.s
-  config = _round_config(s.config, r, s.config.selftrain.steps_per_round)
-  records = [s.task.to_record(x['prompt'], x['answer'], x['digits']) for x in self_records]
-  source = pipeline.mix(s.splits['train'], records, config.selftrain.mix,
-                        config.selftrain.max_self_examples)
-  seq_len = max([s.seq_len] + [s.task.example_length(x, s.fmt) for x in records])
+  config = selftrain_recipe.round_config(s.config, r, s.config.selftrain.steps_per_round)
+  rounds = [[s.task.to_record(x['prompt'], x['answer'], x['digits']) for x in kept]
+            for kept in self_rounds]
+  source = selftrain_recipe.round_source(s.splits['train'], rounds, config.selftrain)
+  seq_len = max([s.seq_len] + [s.task.example_length(x, s.fmt) for rnd in rounds for x in rnd])
   if seq_len > config.model.max_len:
     raise errors.ConfigError(f'round data needs {seq_len} tokens but config.model.max_len='
                              f'{config.model.max_len}; raise it.')
   rs = setup_lib.for_round(s, config, splits={**s.splits, 'train': source}, seq_len=seq_len)
+  carry = (selftrain_recipe.previous_optimizer(previous_dir, config.train.max_checkpoints)
+           if config.selftrain.keep_optimizer else None)
   summary, params = loop.train_loop(rs, directory, run.signals, init_params=params,
-                                    keep_best=False, **_progress(run, head['run'], r))
+                                    keep_best=False, init_opt_state=carry,
+                                    **_progress(run, head['run'], r))
   if 'stopped_by' in summary:
     return None, None
   return {**head, 'steps': summary['steps'], **_evaluate(run, params),
@@ -206,18 +199,19 @@ def _restore_params(run, directory):
 
 def _run_round(run, root, r, params, base_dir, make_data):
   """Round r of an arm under `root`, from `params` (restored from the round before, or round 0
-  in base_dir, when None). `make_data(directory, params)` gives (self records, row head), or
-  None to stop. Returns the round's parameters, or None when a signal stopped it."""
+  in base_dir, when None). `make_data(directory, params)` gives (each round's kept rows, row
+  head), or None to stop. Returns the round's parameters, or None when a signal stopped it."""
   directory = os.path.join(root, f'r{r:02d}')
+  previous_dir = os.path.join(root, f'r{r - 1:02d}') if r > 1 else base_dir
   if params is None:
-    params = _restore_params(run, os.path.join(root, f'r{r - 1:02d}') if r > 1 else base_dir)
+    params = _restore_params(run, previous_dir)
   os.makedirs(directory, exist_ok=True)
   t0 = time.time()
   got = make_data(directory, params)
   if got is None:
     return None
   records, head = got
-  row, params = _fit_round(run, directory, r, records, params, head, t0)
+  row, params = _fit_round(run, directory, r, records, params, head, t0, previous_dir)
   if row is not None:
     _finish(run, directory, row)
   return params
@@ -245,8 +239,8 @@ def _self_data(run, r, level):
       if not kept:
         logging.warning('round %d kept nothing (theta=%s): it trains on the original data and '
                         "earlier rounds' samples only.", r, run.s.config.selftrain.theta)
-    run.kept_all += kept
-    return run.kept_all, {'run': 'self', 'round': r, **selection}
+    run.kept_rounds.append(kept)
+    return run.kept_rounds, {'run': 'self', 'round': r, **selection}
 
   return make
 
@@ -291,7 +285,7 @@ def _self_arm(run, base_dir, params):
       multihost_utils.sync_global_devices(f'selftrain round {r}')
     directory = os.path.join(root, f'r{r:02d}')
     if _load_done(run, directory):
-      run.kept_all += runtime.read_jsonl(os.path.join(directory, 'kept.jsonl'))
+      run.kept_rounds.append(runtime.read_jsonl(os.path.join(directory, 'kept.jsonl')))
       params = None
     else:
       params = _run_round(run, root, r, params, base_dir, _self_data(run, r, start + r - 1))

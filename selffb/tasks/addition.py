@@ -107,6 +107,8 @@ def config_problems(config):
   need(not st.target_digits or st.target_digits in a.test_digits,
        f'config.selftrain.target_digits={st.target_digits} is not among '
        'config.data.addition.test_digits, so it could never be reached; add it there.')
+  need(st.operands in problems.OPERANDS,
+       f'config.selftrain.operands={st.operands!r}; choose one of {problems.OPERANDS}.')
   return found
 
 
@@ -171,9 +173,11 @@ def held_out_sets(config, splits, fmt):
 
 
 def round_prompts(config, r, digits, held_out, fmt):
-  """Round r's prompt texts: `prompts_per_round` new problems with `digits`-digit operands."""
+  """Round r's prompt texts: `prompts_per_round` new problems with `digits`-digit operands (one
+  of them, or both with config.selftrain.operands='both_n')."""
   rng = np.random.default_rng([config.seed, r])
-  pairs = problems.draw_problems(rng, digits, config.selftrain.prompts_per_round, held_out)
+  pairs = problems.draw_problems(rng, digits, config.selftrain.prompts_per_round, held_out,
+                                 both=config.selftrain.operands == 'both_n')
   return [problems.addition_example(a, b, aligned(fmt))['prompt'] for a, b in pairs]
 
 

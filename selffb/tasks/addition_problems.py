@@ -110,16 +110,24 @@ def addition_splits(min_digits, max_digits, num_train, num_validation, num_test,
   return splits
 
 
-def draw_problems(rng, digits, count, exclude):
-  """`count` distinct (a, b) with the longer operand `digits` long, none in `exclude`."""
-  if count > operands_of_length(digits) * 10 ** digits // 2:
+OPERANDS = ('one_n', 'both_n')  # config.selftrain.operands: which operands are n digits long.
+
+
+def draw_problems(rng, digits, count, exclude, both=False):
+  """`count` distinct (a, b) with the longer operand `digits` long (`both`: both operands that
+  long, as Lee et al.'s rounds prompt), none in `exclude`."""
+  capacity = operands_of_length(digits) * (operands_of_length(digits) if both else 10 ** digits)
+  if count > capacity // 2:
     raise errors.InputError(f'{count} problems of {digits} digits requested; lower '
                             'config.selftrain.prompts_per_round.')
   pairs = set()
   while len(pairs) < count:
-    other = int(rng.integers(1, digits + 1))
-    a, b = random_operand(rng, digits), random_operand(rng, other)
-    pair = (a, b) if rng.random() < 0.5 else (b, a)
+    if both:
+      pair = (random_operand(rng, digits), random_operand(rng, digits))
+    else:
+      other = int(rng.integers(1, digits + 1))
+      a, b = random_operand(rng, digits), random_operand(rng, other)
+      pair = (a, b) if rng.random() < 0.5 else (b, a)
     if pair not in exclude:
       pairs.add(pair)
   return sorted(pairs)

@@ -141,7 +141,7 @@ def _data(s):
   return pipeline.make_iterator(dataset), val
 
 
-def _start(s, workdir, init_params, keep_best, progress_args):
+def _start(s, workdir, init, keep_best, progress_args):
   """Builds the state, steps and data, and resumes from workdir's newest checkpoint."""
   config = s.config
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
@@ -157,8 +157,11 @@ def _start(s, workdir, init_params, keep_best, progress_args):
   book = {'best_val_ce': float('inf'), 'best_score': -float('inf'), 'best_step': 0,
           'bad_evals': 0, 'stopped': False,
           'rng': np.asarray(jax.random.key_data(step_rng)).tolist()}
+  init_params, init_opt_state = init
   if callable(init_params):  # A fresh run's only: a checkpoint holds the parameters.
     init_params = init_params(state.params) if manager.latest_step() is None else None
+  if init_opt_state is not None and manager.latest_step() is None:
+    state = state.replace(opt_state=init_opt_state(state))
   if init_params is not None:
     # A copy: the step donates the state, and the caller may still need init_params.
     state = state.replace(params=jax.tree.map(jnp.copy, jax.device_put(init_params,
@@ -267,18 +270,23 @@ def _steps(run, step, signals):
   return step, None
 
 
-def train_loop(s, workdir, signals, init_params=None, keep_best=True, label='', steps_after=0):
+def train_loop(s, workdir, signals, init_params=None, keep_best=True, label='', steps_after=0,
+               init_opt_state=None):
   """The training loop in workdir (resuming its latest checkpoint); returns (summary, best
   params), or ({'steps', 'stopped_by'}, None) when a signal stopped it after a checkpoint.
 
   `init_params` (a fresh run only) replace the initial parameters: a self-training round starts
   from the previous round's. A function of the initial parameters may stand in their place
-  (config.model.init_from's, called only when there is no checkpoint to resume). `keep_best=False`: the "best" parameters saved and returned are
-  simply the latest ones. `label` starts each progress line; `steps_after`, the training steps
-  the job runs after this loop, extends the ETA to the whole job.
+  (config.model.init_from's, called only when there is no checkpoint to resume); likewise
+  `init_opt_state(initial state)`, the optimizer state a fresh run starts from (a self-training
+  round with config.selftrain.keep_optimizer: the last round's). `keep_best=False`: the "best"
+  parameters saved and returned are simply the latest ones. `label` starts each progress line;
+  `steps_after`, the training steps the job runs after this loop, extends the ETA to the whole
+  job.
   """
   t_start = time.time()
-  run, step, n_params = _start(s, workdir, init_params, keep_best, (label, steps_after))
+  run, step, n_params = _start(s, workdir, (init_params, init_opt_state), keep_best,
+                               (label, steps_after))
   step, stopped_by = _steps(run, step, signals)
   run.progress.flush(step)
   if run.manager.latest_step() != step:
