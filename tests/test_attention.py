@@ -47,6 +47,7 @@ def qkv_valid(prefix_padded, t=10, seed=0):
   return q, k, v, jnp.asarray(valid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('causal', [True, False])
 @pytest.mark.parametrize('prefix_padded', [True, False])
 def test_the_lengths_path_equals_the_dense_mask(causal, prefix_padded):
@@ -94,6 +95,7 @@ def build(kind):
   return decoder.Decoder(cfg), cfg, (tokens, pos)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind, calls_per_layer', [('decoder', 1), ('encoder', 1),
                                                   ('encdec', 3)])
 def test_dot_product_runs_xla_on_cpu_in_every_module_and_equals_einsum(kind, calls_per_layer,
@@ -115,6 +117,7 @@ def test_dot_product_runs_xla_on_cpu_in_every_module_and_equals_einsum(kind, cal
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['decoder', 'encoder', 'encdec'])
 def test_the_cudnn_choice_wires_lengths_into_every_module(kind, monkeypatch):
   """With the choice forced to the lengths path (computed by XLA, as no GPU is here), each

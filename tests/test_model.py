@@ -176,7 +176,8 @@ def test_causal_attention_backward_equals_autodiff(block, dtype, packed):
                                rtol=tol, atol=tol, err_msg=f'd{name}')
 
 
-@pytest.mark.parametrize('block', [4, pytest.param(5, marks=SLOW), pytest.param(7, marks=SLOW)])
+@pytest.mark.slow
+@pytest.mark.parametrize('block', [4, 5, 7])
 def test_blocked_attention_equals_one_block(block):
   """Query blocks that skip the keys above the diagonal give the same logits and gradients as
   one block at every real position, with left padding (negative position ids) masked the same
