@@ -49,6 +49,12 @@ def _shapes(tree, path=()):
   return out
 
 
+def _other_shape(name, there, here):
+  return (f'config.model.init_from: parameter {name} is {there} there and {here} in this model: '
+          'use the same config.model sizes and tokenizer (the vocabulary, mask token included) '
+          'as the run or checkpoint it comes from.')
+
+
 def fit(config, model, model_cfg):
   """(problems, source) of config.model.init_from against the model's parameters, found before
   anything is written: a parameter of another shape, or none shared. A run's shapes come from
@@ -66,10 +72,7 @@ def fit(config, model, model_cfg):
   here = _shapes(jax.eval_shape(lambda rng: nn.unbox(module.init(
       rng, *model.example_inputs(model_cfg, 1))['params']), jax.random.key(0)))
   shared = [n for n in here if n in there]
-  found = [f'config.model.init_from: parameter {n} is {there[n]} there and {here[n]} in this '
-           'model: use the same config.model sizes and tokenizer (the vocabulary, mask token '
-           'included) as the run or checkpoint it comes from.'
-           for n in shared if there[n] != here[n]][:3]
+  found = [_other_shape(n, there[n], here[n]) for n in shared if there[n] != here[n]][:3]
   if not shared:
     found.append(f'config.model.init_from={path!r} shares no parameter with this model.')
   return found, source
@@ -100,10 +103,7 @@ def merge(fresh, source, path=()):
       for total, part in zip((taken, kept, left), lists):
         total.extend(part)
     elif np.shape(source[key]) != np.shape(value):
-      raise errors.InputError(
-          f'config.model.init_from: parameter {name} is {np.shape(source[key])} there and '
-          f'{np.shape(value)} in this model: use the same config.model sizes and tokenizer '
-          '(the vocabulary, mask token included) as the run or checkpoint it comes from.')
+      raise errors.InputError(_other_shape(name, np.shape(source[key]), np.shape(value)))
     else:
       out[key] = np.asarray(source[key], value.dtype)
       taken.append(name)
