@@ -38,7 +38,7 @@ LOSS_ARMS = {
     # The value of focal with (1 - F)^gamma a constant: the gradient is (1 - F)^gamma * dCE.
     'focal_sg': lambda ce, f, gamma: ce * (1.0 - f) ** gamma,
     # Seed 000 §5.2.2 as written: CE * (1 - p_t), p_t the softmax at the target, not detached.
-    'one_minus_p': lambda ce, f, gamma: ce * -jnp.expm1(-ce),
+    'one_minus_p': lambda ce, f, gamma: focal(ce, f, 1.0),  # Lin's focal at gamma = 1.
     'confidence': lambda ce, f, gamma: ce * f,
 }
 BLENDS = {  # a_t as a function of the ramp's progress x in [0, 1].
