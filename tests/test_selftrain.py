@@ -131,7 +131,7 @@ def test_mixed_source_repeats_self_records_to_the_share():
   assert got == [{'i': 0}, {'i': 89}, {'self': 0}, {'self': 9}, {'self': 0}, {'self': 9}]
   assert pipeline.mix(base, extra, share=0.0, cap=0) is base
   capped = pipeline.mix(base, extra, share=0.5, cap=3)
-  assert capped.extra.records == extra[-3:]
+  assert capped.parts[1].records == extra[-3:]
 
 
 def test_drawn_problems_have_the_length_and_skip_held_out():

@@ -23,38 +23,13 @@ class ListSource:
     return [self.records[i] for i in indices]
 
 
-class MixedSource:
-  """A base source followed by extra records (a ListSource) repeated `repeats` times."""
-
-  def __init__(self, base, extra, repeats):
-    self.base, self.extra, self.repeats = base, extra, repeats
-
-  def __len__(self):
-    return len(self.base) + len(self.extra) * self.repeats
-
-  def __getitems__(self, indices):
-    n = len(self.base)
-    own = iter(self.base.__getitems__([i for i in indices if i < n]) if n else [])
-    return [next(own) if i < n else self.extra.records[(i - n) % len(self.extra)]
-            for i in indices]
-
-
-def mix(base, extra_records, share, cap):
-  """A source where about `share` of the examples are extra records (the newest `cap`)."""
-  if cap:
-    extra_records = extra_records[-cap:]
-  if not extra_records or share <= 0:
-    return base
-  repeats = max(1, round(share / (1 - share) * len(base) / len(extra_records)))
-  return MixedSource(base, ListSource(extra_records), repeats)
-
-
 MIXINGS = ('pooled', 'rounds')  # config.selftrain.mixing: see mix and mix_rounds.
 
 
 class WeightedSource:
   """Sources laid end to end, source i taking `counts[i]` indices and repeating its own records
-  over them: an epoch holds exactly those counts, so each source's share is fixed."""
+  over them: an epoch holds exactly those counts, so each source's share is fixed (mix: the base
+  once, then its extra records repeated; mix_rounds: the rounds' weighted shares)."""
 
   def __init__(self, parts, counts):
     self.parts, self.counts = parts, counts
@@ -73,6 +48,17 @@ class WeightedSource:
       for (pos, _), rec in zip(pairs, self.parts[part].__getitems__([j for _, j in pairs])):
         out[pos] = rec
     return out
+
+
+def mix(base, extra_records, share, cap):
+  """A source where about `share` of the examples are extra records (the newest `cap`)."""
+  if cap:
+    extra_records = extra_records[-cap:]
+  if not extra_records or share <= 0:
+    return base
+  repeats = max(1, round(share / (1 - share) * len(base) / len(extra_records)))
+  return WeightedSource([base, ListSource(extra_records)],
+                        [len(base), len(extra_records) * repeats])
 
 
 def weighted(parts, shares):
